@@ -1,0 +1,1 @@
+"""The shell: runs the core against the adapters and reports results."""

@@ -1,0 +1,265 @@
+"""The imperative shell of one run: lock → load → observe → reconcile → execute → save."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Protocol
+
+from cloudproxy_cli.core.errors import CloudProxyError, ProviderError
+from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget, Proxy
+from cloudproxy_cli.core.plan import ActionOutcome, CreateAction, DeleteAction, Plan
+from cloudproxy_cli.core.policy import InstancePolicy
+from cloudproxy_cli.core.ports import Clock, Prober, Provider
+from cloudproxy_cli.core.reconcile import (
+    apply_outcomes,
+    failed_snapshot,
+    manual_delete_plan,
+    reconcile,
+)
+from cloudproxy_cli.core.state import InstanceSnapshot, State
+
+log = logging.getLogger("cloudproxy")
+
+
+class LoadedState(Protocol):
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def warning(self) -> str | None: ...
+
+
+class StateStore(Protocol):
+    """Where the state lives between runs (the JSON state file in production)."""
+
+    def lock(self) -> AbstractContextManager[object]: ...
+
+    def load(self) -> LoadedState: ...
+
+    def save(self, state: State) -> None: ...
+
+
+@dataclass(frozen=True)
+class InstanceRuntime:
+    """One enabled provider instance, ready to use: its adapter and its policy."""
+
+    key: InstanceKey
+    provider: Provider
+    policy: InstancePolicy
+    proxy_port: int  # where its proxies listen unless a proxy names its own port
+
+
+@dataclass(frozen=True)
+class InstanceReport:
+    key: InstanceKey
+    error: str | None = None
+    plan: Plan | None = None
+    outcomes: tuple[ActionOutcome, ...] = ()
+    snapshot: InstanceSnapshot | None = None
+    log: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or any(not o.ok for o in self.outcomes)
+
+    def errors(self) -> list[str]:
+        found = [self.error] if self.error else []
+        found += [o.error for o in self.outcomes if not o.ok and o.error]
+        return found
+
+
+@dataclass(frozen=True)
+class RunReport:
+    started_at: datetime
+    dry_run: bool
+    instances: tuple[InstanceReport, ...] = ()
+    state_warning: str | None = None
+    messages: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _targets(runtime: InstanceRuntime, proxies: Sequence[Proxy]) -> list[ProbeTarget]:
+    return [
+        ProbeTarget(p.id, p.ip, p.port if p.port is not None else runtime.proxy_port)
+        for p in proxies
+        if p.ip is not None
+    ]
+
+
+def _execute(
+    runtime: InstanceRuntime,
+    plan: Plan,
+    on_progress: Callable[[tuple[ActionOutcome, ...]], None],
+) -> Iterator[ActionOutcome]:
+    """Deletes first (strategy replace frees its slot before creating), then creates.
+
+    Each outcome is reported before the next action starts, so that the caller can persist it:
+    a crash mid-run then never forgets an action already taken.
+    """
+    done: list[ActionOutcome] = []
+    actions: list[CreateAction | DeleteAction] = [*plan.deletes, *plan.creates]
+    for action in actions:
+        outcome: ActionOutcome
+        try:
+            if isinstance(action, DeleteAction):
+                runtime.provider.delete_proxy(action.proxy_id)
+                outcome = ActionOutcome(action, ok=True)
+                log.info(
+                    "Deleted %s in %s: %s", action.address or action.proxy_id, plan.key,
+                    action.reason,
+                )  # fmt: skip
+            else:
+                created = runtime.provider.create_proxy()
+                outcome = ActionOutcome(action, ok=True, created=created)
+                log.info("Created %s in %s: %s", created.id, plan.key, action.reason)
+        except CloudProxyError as exc:
+            outcome = ActionOutcome(action, ok=False, error=str(exc))
+            verb = "delete" if isinstance(action, DeleteAction) else "create"
+            log.error("Could not %s a proxy in %s: %s", verb, plan.key, exc)
+        done.append(outcome)
+        on_progress(tuple(done))
+        yield outcome
+
+
+def run_reconcile(
+    instances: Sequence[InstanceRuntime],
+    store: StateStore,
+    prober: Prober,
+    clock: Clock,
+    *,
+    dry_run: bool = False,
+) -> RunReport:
+    """One `cloudproxy reconcile`. A dry run takes no lock, changes nothing and saves nothing."""
+    started_at = clock.now()
+    with nullcontext() if dry_run else store.lock():
+        loaded = store.load()
+        if loaded.warning:
+            log.warning("%s", loaded.warning)
+        state = loaded.state
+
+        observed: dict[InstanceKey, list[Proxy]] = {}
+        reports: dict[InstanceKey, InstanceReport] = {}
+        for runtime in instances:
+            try:
+                observed[runtime.key] = runtime.provider.list_proxies()
+            except ProviderError as exc:
+                # Never act on an inventory we failed to read: no creates, no deletes.
+                log.error("Could not list the proxies of %s: %s", runtime.key, exc)
+                key = str(runtime.key)
+                previous = state.instance(key)
+                snap = failed_snapshot(previous.snapshot, str(exc), now=started_at)
+                state = state.with_instance(key, replace(previous, snapshot=snap))
+                reports[runtime.key] = InstanceReport(runtime.key, error=str(exc), snapshot=snap)
+
+        # One concurrent probe of every proxy of every instance: about one timeout in all.
+        targets = [t for r in instances if r.key in observed for t in _targets(r, observed[r.key])]
+        health: dict[str, ProbeResult] = prober.probe(targets) if targets else {}
+
+        now = clock.now()
+        for runtime in instances:
+            if runtime.key not in observed:
+                continue
+            key = str(runtime.key)
+            plan = reconcile(
+                runtime.key,
+                observed[runtime.key],
+                health,
+                state.instance(key),
+                runtime.policy,
+                now=now,
+            )
+            for warning in plan.warnings:
+                log.warning("%s", warning)
+            for line in plan.log:
+                log.info("%s", line)
+            if dry_run:
+                reports[runtime.key] = InstanceReport(runtime.key, plan=plan, log=plan.log)
+                continue
+
+            def persist(done: tuple[ActionOutcome, ...], plan: Plan = plan, key: str = key) -> None:
+                nonlocal state
+                partial, _ = apply_outcomes(
+                    plan, done, now=now, policy=runtime.policy, update_snapshot=False
+                )
+                state = state.with_instance(key, partial)
+                store.save(state)
+
+            outcomes = tuple(_execute(runtime, plan, persist))
+            final, completed = apply_outcomes(plan, outcomes, now=clock.now(), policy=runtime.policy)
+            for line in completed:
+                log.info("%s", line)
+            errors = [o.error for o in outcomes if not o.ok and o.error]
+            snapshot = final.snapshot
+            if errors and snapshot is not None:
+                snapshot = replace(snapshot, last_error=errors[-1], last_error_at=now)
+                final = replace(final, snapshot=snapshot)
+            state = state.with_instance(key, final)
+            reports[runtime.key] = InstanceReport(
+                runtime.key,
+                plan=plan,
+                outcomes=outcomes,
+                snapshot=snapshot,
+                log=plan.log + completed,
+            )
+        if not dry_run:
+            store.save(state)
+    return RunReport(
+        started_at=started_at,
+        dry_run=dry_run,
+        instances=tuple(reports[r.key] for r in instances),
+        state_warning=loaded.warning,
+    )
+
+
+@dataclass(frozen=True)
+class DestroyReport:
+    key: InstanceKey
+    proxy: Proxy
+
+
+def destroy_proxy(
+    address: str,
+    instances: Sequence[InstanceRuntime],
+    store: StateStore,
+    clock: Clock,
+) -> DestroyReport:
+    """`cloudproxy destroy ADDRESS`: delete that proxy now, bypassing the rolling rules.
+
+    ADDRESS is what status shows (the IP, or ``ip:port`` for local proxies) or the proxy's id.
+    Raises ``ProxyNotFoundError`` when no enabled instance has a proxy with that address (or id).
+    An instance whose list fails is skipped; if the proxy was not found elsewhere, that failure
+    is reported instead, since the proxy might be there.
+    """
+    from cloudproxy_cli.core.errors import ProxyNotFoundError
+
+    with store.lock():
+        state = store.load().state
+        list_errors: list[str] = []
+        for runtime in instances:
+            try:
+                proxies = runtime.provider.list_proxies()
+            except ProviderError as exc:
+                list_errors.append(f"{runtime.key}: {exc}")
+                continue
+            match = next((p for p in proxies if address in (p.address, p.id)), None)
+            if match is None:
+                continue
+            key = str(runtime.key)
+            plan = manual_delete_plan(runtime.key, match, state.instance(key), runtime.policy)
+            runtime.provider.delete_proxy(match.id)
+            outcome = ActionOutcome(plan.deletes[0], ok=True)
+            final, _ = apply_outcomes(
+                plan, (outcome,), now=clock.now(), policy=runtime.policy, update_snapshot=False
+            )
+            store.save(state.with_instance(key, final))
+            log.info("Destroyed %s in %s; the next reconcile replaces it", address, runtime.key)
+            return DestroyReport(runtime.key, match)
+        if list_errors:
+            raise ProviderError(
+                f"no proxy {address} found, and some instances could not be listed: "
+                + "; ".join(list_errors)
+            )
+        raise ProxyNotFoundError(f"no proxy with address {address} in any enabled instance")

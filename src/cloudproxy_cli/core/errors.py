@@ -1,0 +1,40 @@
+"""The exception tree. Every error the CLI can meet derives from ``CloudProxyError``.
+
+CloudProxyError
+├── ConfigError          invalid settings (exit 4)
+├── UsageError           bad command-line input (exit 2)
+├── LockHeldError        another run holds the state lock (exit 5)
+├── StateError           the state file cannot be read or written (exit 1)
+└── ProviderError        a provider call failed (the instance fails for this run)
+    └── ProxyNotFoundError  no proxy has the given address
+"""
+
+from __future__ import annotations
+
+
+class CloudProxyError(Exception):
+    """Base of every error this tool raises on purpose. ``str(err)`` is one line for a person."""
+
+
+class ConfigError(CloudProxyError):
+    """The configuration is invalid. The message names the setting."""
+
+
+class UsageError(CloudProxyError):
+    """The command line asked for something impossible (unknown instance, bad value)."""
+
+
+class LockHeldError(CloudProxyError):
+    """Another cloudproxy run holds the state lock."""
+
+
+class StateError(CloudProxyError):
+    """The state file cannot be read or written."""
+
+
+class ProviderError(CloudProxyError):
+    """A provider API call failed. The message never contains a secret."""
+
+
+class ProxyNotFoundError(ProviderError):
+    """No proxy of any enabled instance has the given address."""

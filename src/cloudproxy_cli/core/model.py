@@ -1,0 +1,62 @@
+"""The core's vocabulary: proxies as observed, health as probed, and instance keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceKey:
+    """One provider instance, e.g. ``digitalocean/default``. Instances never see each other."""
+
+    provider: str
+    instance: str = "default"
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.instance}"
+
+    @classmethod
+    def parse(cls, text: str) -> InstanceKey:
+        provider, _, instance = text.partition("/")
+        return cls(provider, instance or "default")
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """A proxy VM (or local process) that this instance created, as its provider lists it.
+
+    ``ip`` is ``None`` until the VM has a real public address. ``port`` is ``None`` when the
+    proxy listens on the configured ``PROXY_PORT`` (every cloud VM); the local provider runs
+    many proxies on 127.0.0.1 and gives each its own port.
+    """
+
+    id: str
+    created_at: datetime
+    ip: str | None = None
+    port: int | None = None
+
+    @property
+    def address(self) -> str | None:
+        """How a person names this proxy: its IP, or ``ip:port`` when the port is its own."""
+        if self.ip is None:
+            return None
+        return self.ip if self.port is None else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTarget:
+    """Where to send one health probe."""
+
+    proxy_id: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The outcome of one health probe. ``detail`` says why it failed (or ``ok``)."""
+
+    ok: bool
+    detail: str = "ok"
+    elapsed_s: float = 0.0

@@ -1,0 +1,72 @@
+"""A run's plan as a value: the actions to take, each with a reason, and what was deferred."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from cloudproxy_cli.core.model import InstanceKey, Proxy
+from cloudproxy_cli.core.state import Deferral, InstanceState
+
+
+class DeleteKind(StrEnum):
+    RECYCLE = "recycle"  # an aged proxy selected by rolling deployment (strategy replace)
+    SURGE_COMPLETE = "surge-complete"  # old proxy whose replacement is now healthy
+    AGED = "aged"  # rolling disabled: every aged proxy goes at once
+    STUCK = "stuck"  # never healthy within PENDING_TIMEOUT
+    BROKEN = "broken"  # failed its health check several runs in a row
+    SURPLUS = "surplus"  # more proxies than MIN_SCALING
+    MANUAL = "manual"  # cloudproxy destroy
+
+
+@dataclass(frozen=True, slots=True)
+class CreateAction:
+    reason: str
+    for_operation: str | None = None  # the recycle operation this proxy replaces, if any
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAction:
+    proxy_id: str
+    address: str | None
+    kind: DeleteKind
+    reason: str
+    closes_operation: str | None = None  # the operation that closes once this delete succeeds
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one run decided for one instance. ``next_state`` assumes every action succeeds
+    only where that is safe; ``apply_outcomes`` folds the real outcomes in."""
+
+    key: InstanceKey
+    observed: tuple[Proxy, ...]
+    healthy_ids: frozenset[str]
+    creates: tuple[CreateAction, ...]
+    deletes: tuple[DeleteAction, ...]
+    deferrals: tuple[Deferral, ...]
+    next_state: InstanceState
+    warnings: tuple[str, ...] = ()
+    log: tuple[str, ...] = ()  # the spec's "Rolling deployment: ..." lines, in order
+    effective_min_available: int = 0
+    aged_ids: frozenset[str] = frozenset()
+    pending_ids: frozenset[str] = frozenset()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.creates and not self.deletes
+
+
+@dataclass(frozen=True, slots=True)
+class ActionOutcome:
+    """What happened when the shell executed one action."""
+
+    action: CreateAction | DeleteAction
+    ok: bool
+    created: Proxy | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    items: tuple[ActionOutcome, ...] = field(default_factory=tuple)

@@ -1,0 +1,36 @@
+"""The Protocols the shell talks through: providers, the prober, the clock."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from cloudproxy_cli.core.model import ProbeResult, ProbeTarget, Proxy
+
+
+class Provider(Protocol):
+    """One provider instance (one account/region). Lists, creates and deletes only its own proxies.
+
+    Contract: ``list_proxies`` raises ``ProviderError`` when it cannot read the inventory (it
+    never returns ``[]`` for a failure); ``delete_proxy`` of an id that is already gone succeeds;
+    nothing outside this instance's own tagged proxies is ever listed or deleted.
+    """
+
+    def list_proxies(self) -> list[Proxy]: ...
+
+    def create_proxy(self) -> Proxy: ...
+
+    def delete_proxy(self, proxy_id: str) -> None: ...
+
+    def ensure_firewall(self) -> None: ...
+
+
+class Prober(Protocol):
+    """Probes proxies concurrently; returns one result per target, keyed by proxy id."""
+
+    def probe(self, targets: Sequence[ProbeTarget]) -> dict[str, ProbeResult]: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
