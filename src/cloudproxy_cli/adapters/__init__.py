@@ -1,0 +1,1 @@
+"""Adapters: the I/O edges (state file, providers, prober) behind the core's ports."""
