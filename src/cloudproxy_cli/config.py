@@ -1,0 +1,616 @@
+"""Settings from the environment and a TOML file, validated, each value traceable to its source."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import platformdirs
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretBytes,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cloudproxy_cli.core.errors import ConfigError, UsageError
+from cloudproxy_cli.core.policy import RollingPolicy, Strategy
+
+CONFIG_ENV_VAR = "CLOUDPROXY_CONFIG"
+CONFIG_FILE_NAME = "cloudproxy.toml"
+DEFAULT_INSTANCE = "default"
+MASKED = "********"
+UNSET = "(unset)"
+
+_INSTANCE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+_FLAG_TRUE = frozenset({"true", "1", "yes"})
+_FLAG_FALSE = frozenset({"false", "0", "no"})
+_MAX_SHOWN_INPUT = 60
+
+
+# --- value types -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Expect:
+    """What a field accepts, in words: every failure of that field is reported as 'must be ...'."""
+
+    text: str
+
+
+def _parse_flag(value: object) -> bool:
+    # Pydantic's lax bool also takes "on", "t", "y", ...: a typo there would silently flip a
+    # switch, so only the spellings the spec documents are accepted.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _FLAG_TRUE:
+            return True
+        if word in _FLAG_FALSE:
+            return False
+    raise ValueError("must be true or false (also accepted: yes/no, 1/0)")
+
+
+def _reject_bool(value: object) -> object:
+    # Lax int/float validation turns TOML `true` into 1; a boolean is never a count or a duration.
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "a boolean is not a number")
+    return value
+
+
+def _blank_to_none(value: object) -> object:
+    # `FOO=` (set but empty, as docker-compose and systemd often produce) means "not set".
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+Flag = Annotated[bool, BeforeValidator(_parse_flag)]
+NonNegativeInt = Annotated[
+    int, BeforeValidator(_reject_bool), Field(ge=0), _Expect("a non-negative integer")
+]
+PositiveInt = Annotated[
+    int, BeforeValidator(_reject_bool), Field(ge=1), _Expect("a positive integer")
+]
+Port = Annotated[
+    int,
+    BeforeValidator(_reject_bool),
+    Field(ge=1, le=65535),
+    _Expect("a port number from 1 to 65535"),
+]
+PositiveSeconds = Annotated[
+    float,
+    BeforeValidator(_reject_bool),
+    Field(gt=0, allow_inf_nan=False),
+    _Expect("a positive number of seconds"),
+]
+NonNegativeSeconds = Annotated[
+    float,
+    BeforeValidator(_reject_bool),
+    Field(ge=0, allow_inf_nan=False),
+    _Expect("a non-negative number of seconds"),
+]
+OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none), _Expect("a string")]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_to_none), _Expect("a string")]
+OptionalHttpUrl = Annotated[
+    Annotated[str, AfterValidator(_http_url)] | None,
+    BeforeValidator(_blank_to_none),
+    _Expect("an http:// or https:// URL"),
+]
+StrategyName = Annotated[
+    Strategy,
+    BeforeValidator(_lower),
+    _Expect("one of: " + ", ".join(s.value for s in Strategy)),
+]
+
+
+# --- provider instances ------------------------------------------------------------------
+
+
+class InstanceSettings(BaseModel):
+    """Settings of one provider instance. Adapters subclass it to add their own fields.
+
+    Every field is settable as ``{PROVIDER}[_{INSTANCE}]_{FIELD}`` in the environment and as
+    ``[providers.<provider>.<instance>] <field> = ...`` in TOML; secrets must be ``SecretStr``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: Flag = False
+    min_scaling: NonNegativeInt = 2
+    max_scaling: Annotated[NonNegativeInt | None, BeforeValidator(_blank_to_none)] = None
+    api_endpoint: OptionalText = None
+
+    @field_validator("max_scaling")
+    @classmethod
+    def _cap_not_below_minimum(cls, value: int | None, info: ValidationInfo) -> int | None:
+        minimum = info.data.get("min_scaling")  # absent when min_scaling itself was invalid
+        if value is not None and isinstance(minimum, int) and value < minimum:
+            raise ValueError(f"must be >= min_scaling ({minimum})")
+        return value
+
+
+class LocalSettings(InstanceSettings):
+    """Proxies run as processes on this machine: no cloud account needed."""
+
+    boot_delay: NonNegativeSeconds = 0.0  # simulate a VM's boot time before the proxy answers
+
+
+class DigitalOceanSettings(InstanceSettings):
+    """DigitalOcean droplets."""  # the adapter issue adds token/region/size/...
+
+
+class AwsSettings(InstanceSettings):
+    """AWS EC2 instances."""  # the adapter issue adds credentials/region/instance type/spot/...
+
+
+class GcpSettings(InstanceSettings):
+    """Google Compute Engine VMs."""  # the adapter issue adds project/zone/machine type/key/...
+
+
+class HetznerSettings(InstanceSettings):
+    """Hetzner Cloud servers."""  # the adapter issue adds token/location/server type/...
+
+
+class VultrSettings(InstanceSettings):
+    """Vultr instances."""  # the adapter issue adds token/region/plan/...
+
+
+PROVIDER_SETTINGS: dict[str, type[InstanceSettings]] = {
+    "local": LocalSettings,
+    "digitalocean": DigitalOceanSettings,
+    "aws": AwsSettings,
+    "gcp": GcpSettings,
+    "hetzner": HetznerSettings,
+    "vultr": VultrSettings,
+}
+
+
+# --- global settings ---------------------------------------------------------------------
+
+
+class Settings(BaseSettings):
+    """Every setting of one run. Build it with ``load_config``; ``Settings()`` is all defaults."""
+
+    # Sources are read by load_config, not by pydantic-settings: the environment must be the
+    # mapping the caller passed (tests pass dicts), provider env names need longest-suffix
+    # matching over open-ended instance names, and every value must keep its origin.
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    age_limit: NonNegativeInt = 0
+    rolling_deployment: Flag = False
+    rolling_min_available: NonNegativeInt = 3
+    rolling_batch_size: PositiveInt = 2
+    rolling_strategy: StrategyName = Strategy.REPLACE
+    proxy_username: OptionalText = None
+    proxy_password: OptionalSecret = None
+    proxy_port: Port = 8899
+    health_check_url: OptionalHttpUrl = None  # None: the prober serves its own origin locally
+    health_check_timeout: PositiveSeconds = 5.0
+    pending_timeout: Annotated[
+        int,
+        BeforeValidator(_reject_bool),
+        Field(gt=0),
+        _Expect("a positive whole number of seconds"),
+    ] = 600
+    only_host_ip: Flag = False
+    allow_open_proxy: Flag = False
+    providers: dict[str, dict[str, InstanceSettings]] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+    def rolling_policy(self) -> RollingPolicy:
+        return RollingPolicy(
+            enabled=self.rolling_deployment,
+            min_available=self.rolling_min_available,
+            batch_size=self.rolling_batch_size,
+            strategy=self.rolling_strategy,
+        )
+
+    def enabled_instances(self) -> list[tuple[str, str, InstanceSettings]]:
+        """Enabled instances as ``(provider, instance, settings)``, sorted by provider, instance."""
+        return [
+            (provider, name, inst)
+            for provider, instances in sorted(self.providers.items())
+            for name, inst in sorted(instances.items())
+            if inst.enabled
+        ]
+
+
+GLOBAL_SETTINGS: tuple[str, ...] = tuple(n for n in Settings.model_fields if n != "providers")
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """Validated settings, the file they came from, and each setting's source.
+
+    ``sources`` maps a display key (``age_limit``, ``providers.local.default.min_scaling``) to
+    ``"env NAME"``, ``"file PATH"`` or ``"default"``. ``warnings`` lists env vars that looked like
+    provider settings but were ignored.
+    """
+
+    settings: Settings
+    file: Path | None
+    sources: dict[str, str]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRow:
+    """One line of ``cloudproxy config show``. Secrets are already masked in ``value``."""
+
+    name: str
+    value: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    source: str  # for LoadedConfig.sources: "env AGE_LIMIT" / "file /abs/cloudproxy.toml"
+    label: str  # how the user named it, for errors: "AGE_LIMIT" / "/abs/cloudproxy.toml: age_limit"
+
+
+@dataclass(slots=True)
+class _Raw:
+    """Unvalidated values merged from the sources, lowest priority first."""
+
+    global_values: dict[str, Any] = field(default_factory=dict)
+    instances: dict[tuple[str, str], dict[str, object]] = field(default_factory=dict)
+    origins: dict[str, _Origin] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+# --- public functions --------------------------------------------------------------------
+
+
+def find_config_file(
+    config_path: Path | None,
+    environ: Mapping[str, str],
+    *,
+    user_config_dir: Path | None = None,
+) -> Path | None:
+    """The TOML file to read: ``--config``, else ``$CLOUDPROXY_CONFIG``, else
+    ``./cloudproxy.toml``, else ``<user config dir>/cloudproxy.toml``, else ``None``.
+
+    A file named by ``--config`` or ``$CLOUDPROXY_CONFIG`` must exist (``ConfigError``).
+    """
+    if config_path is not None:
+        return _must_exist(config_path, "--config")
+    named = environ.get(CONFIG_ENV_VAR, "")
+    if named.strip():
+        return _must_exist(Path(named), CONFIG_ENV_VAR)
+    here = Path.cwd() / CONFIG_FILE_NAME
+    if here.is_file():
+        return here
+    if user_config_dir is None:
+        user_config_dir = Path(platformdirs.user_config_dir("cloudproxy"))
+    per_user = user_config_dir / CONFIG_FILE_NAME
+    return per_user if per_user.is_file() else None
+
+
+def load_config(
+    config_path: Path | None,
+    environ: Mapping[str, str],
+    *,
+    user_config_dir: Path | None = None,
+    registry: Mapping[str, type[InstanceSettings]] | None = None,
+) -> LoadedConfig:
+    """Read, merge (environment > file > defaults) and validate the configuration.
+
+    Raises ``ConfigError`` with a one-line message naming each bad setting as the user wrote it;
+    secret values never appear in it. ``registry`` defaults to ``PROVIDER_SETTINGS``.
+    """
+    registry = PROVIDER_SETTINGS if registry is None else registry
+    path = find_config_file(config_path, environ, user_config_dir=user_config_dir)
+    raw = _Raw()
+    if path is not None:
+        path = path.absolute()
+        _read_file(path, _parse_toml(path), registry, raw)
+    _read_env(environ, registry, raw)
+
+    instances: dict[str, dict[str, InstanceSettings]] = {}
+    for (provider, name), values in sorted(raw.instances.items()):
+        model = registry[provider]
+        prefix = f"providers.{provider}.{name}."
+        try:
+            instances.setdefault(provider, {})[name] = model.model_validate(values)
+        except ValidationError as exc:
+            raw.errors.extend(_explain(exc, model, prefix, raw.origins))
+    try:
+        settings = Settings(**raw.global_values, providers=instances)
+    except ValidationError as exc:
+        raw.errors.extend(_explain(exc, Settings, "", raw.origins))
+    if raw.errors:
+        raise ConfigError("; ".join(raw.errors))
+
+    sources = {key: _source_of(key, raw.origins) for key in GLOBAL_SETTINGS}
+    for provider, name, inst in _all_instances(settings):
+        for key in type(inst).model_fields:
+            display = f"providers.{provider}.{name}.{key}"
+            sources[display] = _source_of(display, raw.origins)
+    return LoadedConfig(settings, path, sources, tuple(raw.warnings))
+
+
+def describe(loaded: LoadedConfig) -> list[ConfigRow]:
+    """Every global setting, then every configured instance's fields (sorted), secrets masked."""
+    settings = loaded.settings
+    rows = [
+        _row(key, getattr(settings, key), Settings.model_fields[key], loaded.sources)
+        for key in GLOBAL_SETTINGS
+    ]
+    for provider, name, inst in _all_instances(settings):
+        for key, info in type(inst).model_fields.items():
+            display = f"providers.{provider}.{name}.{key}"
+            rows.append(_row(display, getattr(inst, key), info, loaded.sources))
+    return rows
+
+
+def enabled_instances(settings: Settings) -> list[tuple[str, str, InstanceSettings]]:
+    """Enabled instances as ``(provider, instance, settings)``, sorted by provider, instance."""
+    return settings.enabled_instances()
+
+
+def instance_settings(loaded: LoadedConfig, provider: str, instance: str) -> InstanceSettings:
+    """The settings of one configured instance (enabled or not); ``UsageError`` if none."""
+    found = loaded.settings.providers.get(provider, {}).get(instance)
+    if found is None:
+        configured = ", ".join(f"{p}/{i}" for p, i, _ in _all_instances(loaded.settings))
+        raise UsageError(
+            f"no provider instance {provider}/{instance} is configured"
+            f" (configured: {configured or 'none'})"
+        )
+    return found
+
+
+def env_name(provider: str, instance: str, setting: str) -> str:
+    """The environment variable that sets ``setting`` of one instance, e.g. ``AWS_EU_REGION``."""
+    middle = "" if instance == DEFAULT_INSTANCE else f"{instance.upper()}_"
+    return f"{provider.upper()}_{middle}{setting.upper()}"
+
+
+def is_secret(info: FieldInfo) -> bool:
+    """Whether a field holds a secret, judged by its type (``SecretStr``/``SecretBytes``)."""
+    return any(
+        isinstance(t, type) and issubclass(t, (SecretStr, SecretBytes))
+        for t in _walk_annotation(info.annotation)
+    )
+
+
+# --- reading the sources -----------------------------------------------------------------
+
+
+def _must_exist(path: Path, how: str) -> Path:
+    if not path.exists():
+        raise ConfigError(f"{how}: config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{how}: {path} is not a file")
+    return path
+
+
+def _parse_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's messages give the position, never the offending text, so no secret leaks.
+        raise ConfigError(f"{path}: invalid TOML: {_one_line(str(exc))}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 text") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _read_file(
+    path: Path, data: dict[str, Any], registry: Mapping[str, type[InstanceSettings]], raw: _Raw
+) -> None:
+    def fail(key: str, problem: str) -> None:
+        raw.errors.append(f"{path}: {key}: {problem}")
+
+    def note(key: str) -> _Origin:
+        return _Origin(f"file {path}", f"{path}: {key}")
+
+    for key, value in data.items():
+        if key in GLOBAL_SETTINGS:
+            raw.global_values[key] = value
+            raw.origins[key] = note(key)
+        elif key != "providers":
+            fail(key, f"unknown setting (known: {', '.join(GLOBAL_SETTINGS)}, [providers])")
+    providers = data.get("providers", {})
+    if not isinstance(providers, dict):
+        fail("providers", "must be a table of [providers.<provider>.<instance>] tables")
+        return
+    for provider, instances in providers.items():
+        where = f"providers.{provider}"
+        if provider not in registry:
+            fail(where, f"unknown provider (known: {', '.join(sorted(registry))})")
+            continue
+        if not isinstance(instances, dict):
+            fail(where, f"must be a table of [{where}.<instance>] tables")
+            continue
+        known = registry[provider].model_fields
+        for name, table in instances.items():
+            where = f"providers.{provider}.{name}"
+            if not isinstance(table, dict):
+                hint = f"put settings under [providers.{provider}.default]"
+                fail(where, f"expected a table [{where}]; {hint}")
+                continue
+            if not _INSTANCE_NAME.fullmatch(name):
+                fail(where, "instance names use only a-z, 0-9 and '-' (not first)")
+                continue
+            values = raw.instances.setdefault((provider, name), {})
+            for key, value in table.items():
+                if key not in known:
+                    fail(f"{where}.{key}", f"unknown setting (known: {', '.join(known)})")
+                    continue
+                values[key] = value
+                raw.origins[f"{where}.{key}"] = note(f"{where}.{key}")
+
+
+def _read_env(
+    environ: Mapping[str, str], registry: Mapping[str, type[InstanceSettings]], raw: _Raw
+) -> None:
+    for key in GLOBAL_SETTINGS:
+        var = key.upper()
+        if var in environ:
+            raw.global_values[key] = environ[var]
+            raw.origins[key] = _Origin(f"env {var}", var)
+
+    # Longest provider prefix first, so a provider named like another's prefix still wins.
+    prefixes = sorted(((p.upper() + "_", p) for p in registry), key=lambda t: -len(t[0]))
+    # Longest setting first: the instance is whatever precedes the longest matching suffix.
+    settings = {p: sorted(m.model_fields, key=len, reverse=True) for p, m in registry.items()}
+    for var in sorted(environ):
+        match = next(((pre, p) for pre, p in prefixes if var.startswith(pre)), None)
+        if match is None:
+            continue
+        prefix, provider = match
+        found = _split_setting(var[len(prefix) :], settings[provider])
+        if found is None:
+            continue  # AWS_PROFILE and friends: not ours
+        instance, key = found
+        if not _INSTANCE_NAME.fullmatch(instance):
+            raw.warnings.append(
+                f"ignored {var}: {instance!r} is not a valid instance name"
+                " (use letters and digits only in environment variable names)"
+            )
+            continue
+        display = f"providers.{provider}.{instance}.{key}"
+        values = raw.instances.setdefault((provider, instance), {})
+        earlier = raw.origins.get(display)
+        same_source = earlier is not None and earlier.source.startswith("env ")
+        if earlier is not None and same_source and values[key] != environ[var]:
+            # FOO_MIN_SCALING and FOO_DEFAULT_MIN_SCALING name the same setting.
+            raw.errors.append(f"{earlier.label} and {var} set the same setting to different values")
+            continue
+        values[key] = environ[var]
+        raw.origins[display] = _Origin(f"env {var}", var)
+
+
+def _split_setting(rest: str, settings: list[str]) -> tuple[str, str] | None:
+    """``"EU_ACCESS_TOKEN"`` -> ``("eu", "access_token")``; ``"MIN_SCALING"`` -> default."""
+    for key in settings:
+        suffix = key.upper()
+        if rest == suffix:
+            return DEFAULT_INSTANCE, key
+        if rest.endswith("_" + suffix) and len(rest) > len(suffix) + 1:
+            return rest[: -len(suffix) - 1].lower(), key
+    return None
+
+
+# --- errors and display ------------------------------------------------------------------
+
+
+def _explain(
+    exc: ValidationError, model: type[BaseModel], prefix: str, origins: Mapping[str, _Origin]
+) -> list[str]:
+    messages = []
+    for err in exc.errors(include_url=False):
+        key = str(err["loc"][0]) if err["loc"] else ""
+        info = model.model_fields.get(key)
+        origin = origins.get(prefix + key)
+        label = origin.label if origin is not None else prefix + key
+        message = f"{label}: {_reason(err, info)}"
+        if info is None or not is_secret(info):
+            message += f", got {_shown(err['input'])}"
+        messages.append(message)
+    return messages
+
+
+def _reason(err: ErrorDetails, info: FieldInfo | None) -> str:
+    if err["type"] == "value_error":  # our own validators say exactly what is wrong
+        return _one_line(err["msg"].removeprefix("Value error, "))
+    expect = next((m for m in _markers(info) if isinstance(m, _Expect)), None) if info else None
+    if expect is not None:
+        return f"must be {expect.text}"
+    return _one_line(err["msg"][:1].lower() + err["msg"][1:])
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN_INPUT else text[: _MAX_SHOWN_INPUT - 3] + "..."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _markers(info: FieldInfo) -> Iterator[object]:
+    yield from info.metadata
+    for hint in _walk_annotation(info.annotation):
+        yield from getattr(hint, "__metadata__", ())
+
+
+def _walk_annotation(hint: object) -> Iterator[object]:
+    """The hint and everything nested in it, ``Annotated`` wrappers included."""
+    yield hint
+    for arg in typing.get_args(hint):
+        yield from _walk_annotation(arg)
+
+
+def _source_of(key: str, origins: Mapping[str, _Origin]) -> str:
+    origin = origins.get(key)
+    return origin.source if origin is not None else "default"
+
+
+def _all_instances(settings: Settings) -> list[tuple[str, str, InstanceSettings]]:
+    return [
+        (provider, name, inst)
+        for provider, instances in sorted(settings.providers.items())
+        for name, inst in sorted(instances.items())
+    ]
+
+
+def _row(name: str, value: object, info: FieldInfo, sources: Mapping[str, str]) -> ConfigRow:
+    return ConfigRow(name, _render(value, secret=is_secret(info)), sources.get(name, "default"))
+
+
+def _render(value: object, *, secret: bool) -> str:
+    if value is None:
+        return UNSET
+    if secret or isinstance(value, SecretStr | SecretBytes):
+        return MASKED
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Strategy):
+        return value.value
+    return str(value)
