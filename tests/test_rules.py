@@ -45,7 +45,7 @@ def test_failed_list_means_no_actions_for_that_instance_and_others_go_on() -> No
         h.runtime,
         InstanceRuntime(InstanceKey("digitalocean", "second"), other, h.policy, 8899),
     ]
-    report = run_reconcile(runtimes, h.store, h.prober, h.clock)
+    report = run_reconcile(lambda _state: runtimes, h.store, h.prober, h.clock)
     failed, ok = report.instances
     assert failed.error == "fake cloud: 503 service unavailable"
     assert failed.plan is None and failed.outcomes == ()

@@ -52,8 +52,9 @@ class Harness:
         return InstanceRuntime(self.key, self.provider, self.policy, proxy_port=8899)
 
     def run(self, *, dry_run: bool = False) -> RunReport:
+        runtime = self.runtime
         report = run_reconcile(
-            [self.runtime], self.store, self.prober, self.clock, dry_run=dry_run
+            lambda _state: [runtime], self.store, self.prober, self.clock, dry_run=dry_run
         )
         self.reports.append(report)
         return report

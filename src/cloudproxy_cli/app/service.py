@@ -125,20 +125,25 @@ def _execute(
 
 
 def run_reconcile(
-    instances: Sequence[InstanceRuntime],
+    instances_for: Callable[[State], Sequence[InstanceRuntime]],
     store: StateStore,
     prober: Prober,
     clock: Clock,
     *,
     dry_run: bool = False,
 ) -> RunReport:
-    """One `cloudproxy reconcile`. A dry run takes no lock, changes nothing and saves nothing."""
+    """One `cloudproxy reconcile`. A dry run takes no lock, changes nothing and saves nothing.
+
+    ``instances_for`` builds the instances from the state read under the lock, so that the
+    `rolling set` overrides in force are exactly those of the state this run acts on.
+    """
     started_at = clock.now()
     with nullcontext() if dry_run else store.lock():
         loaded = store.load()
         if loaded.warning:
             log.warning("%s", loaded.warning)
         state = loaded.state
+        instances = instances_for(state)
 
         observed: dict[InstanceKey, list[Proxy]] = {}
         reports: dict[InstanceKey, InstanceReport] = {}
@@ -179,16 +184,23 @@ def run_reconcile(
                 reports[runtime.key] = InstanceReport(runtime.key, plan=plan, log=plan.log)
                 continue
 
-            def persist(done: tuple[ActionOutcome, ...], plan: Plan = plan, key: str = key) -> None:
+            def persist(
+                done: tuple[ActionOutcome, ...],
+                plan: Plan = plan,
+                key: str = key,
+                policy: InstancePolicy = runtime.policy,
+            ) -> None:
                 nonlocal state
                 partial, _ = apply_outcomes(
-                    plan, done, now=now, policy=runtime.policy, update_snapshot=False
+                    plan, done, now=now, policy=policy, update_snapshot=False
                 )
                 state = state.with_instance(key, partial)
                 store.save(state)
 
             outcomes = tuple(_execute(runtime, plan, persist))
-            final, completed = apply_outcomes(plan, outcomes, now=clock.now(), policy=runtime.policy)
+            final, completed = apply_outcomes(
+                plan, outcomes, now=clock.now(), policy=runtime.policy
+            )
             for line in completed:
                 log.info("%s", line)
             errors = [o.error for o in outcomes if not o.ok and o.error]

@@ -228,16 +228,19 @@ def reconcile(
         for p in retries:
             if p.id in run.removed:
                 continue
+            retry = "retrying the deletion of a proxy selected for recycling"
             if p.id not in healthy and not mass_failure:
-                run.remove(p, DeleteKind.RECYCLE, "retrying the deletion of an unhealthy proxy "
-                           "selected for recycling")  # fmt: skip
+                run.remove(p, DeleteKind.RECYCLE, f"{retry} (unhealthy)")
             elif p.id in healthy and available - 1 >= eff_min:
-                run.remove(p, DeleteKind.RECYCLE, "retrying the deletion of a proxy selected "
-                           f"for recycling; {available - 1} stay available (minimum {eff_min})")  # fmt: skip
+                stay = f"{available - 1} stay available (minimum {eff_min})"
+                run.remove(p, DeleteKind.RECYCLE, f"{retry}; {stay}")
                 available -= 1
             else:
-                run.defer(p, "selected for recycling, but deleting it now would reduce available "
-                          f"proxies below minimum ({available - 1} < {eff_min})")  # fmt: skip
+                run.defer(
+                    p,
+                    f"{retry} would reduce available proxies below minimum "
+                    f"({available - 1} < {eff_min})",
+                )
         for p in candidates:
             in_flight = len(ops)
             is_healthy = p.id in healthy

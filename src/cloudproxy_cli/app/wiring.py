@@ -1,0 +1,167 @@
+"""Turns settings and `rolling set` overrides into runnable instances (adapters imported lazily)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cloudproxy_cli.app.service import InstanceRuntime
+from cloudproxy_cli.core.errors import ConfigError, UsageError
+from cloudproxy_cli.core.model import InstanceKey
+from cloudproxy_cli.core.policy import InstancePolicy, RollingPolicy, Strategy
+from cloudproxy_cli.core.state import RollingOverrides
+
+if TYPE_CHECKING:
+    from cloudproxy_cli.config import InstanceSettings, LoadedConfig, Settings
+    from cloudproxy_cli.core.ports import Prober, Provider
+
+# What the spec's log lines call one proxy of each provider.
+RESOURCE_NOUNS = {
+    "digitalocean": "droplet",
+    "aws": "instance",
+    "gcp": "instance",
+    "hetzner": "server",
+    "vultr": "instance",
+    "local": "proxy",
+}
+
+OVERRIDE_SOURCE = "rolling set"
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class EffectiveRolling:
+    """The rolling knobs in force and where each came from (`rolling set`, env, file, default)."""
+
+    policy: RollingPolicy
+    sources: dict[str, str]
+
+
+def effective_rolling(loaded: LoadedConfig, overrides: RollingOverrides) -> EffectiveRolling:
+    base = loaded.settings.rolling_policy()
+    o = overrides
+
+    def source(override: object, setting: str) -> str:
+        return OVERRIDE_SOURCE if override is not None else loaded.sources.get(setting, "default")
+
+    policy = RollingPolicy(
+        enabled=base.enabled if o.enabled is None else o.enabled,
+        min_available=base.min_available if o.min_available is None else o.min_available,
+        batch_size=base.batch_size if o.batch_size is None else o.batch_size,
+        strategy=base.strategy if o.strategy is None else Strategy(o.strategy),
+    )
+    sources = {
+        "enabled": source(o.enabled, "rolling_deployment"),
+        "min_available": source(o.min_available, "rolling_min_available"),
+        "batch_size": source(o.batch_size, "rolling_batch_size"),
+        "strategy": source(o.strategy, "rolling_strategy"),
+    }
+    return EffectiveRolling(policy, sources)
+
+
+def instance_policy(
+    settings: Settings, provider: str, inst: InstanceSettings, rolling: RollingPolicy
+) -> InstancePolicy:
+    return InstancePolicy(
+        rolling=rolling,
+        min_scaling=inst.min_scaling,
+        max_scaling=inst.max_scaling,
+        age_limit=timedelta(seconds=settings.age_limit) if settings.age_limit else None,
+        pending_timeout=timedelta(seconds=settings.pending_timeout),
+        resource_noun=RESOURCE_NOUNS.get(provider, "proxy"),
+    )
+
+
+def credentials(settings: Settings) -> tuple[str | None, str | None]:
+    username = settings.proxy_username
+    password = settings.proxy_password.get_secret_value() if settings.proxy_password else None
+    if (username is None) != (password is None):
+        missing = "PROXY_PASSWORD" if password is None else "PROXY_USERNAME"
+        raise ConfigError(f"{missing}: PROXY_USERNAME and PROXY_PASSWORD must be set together")
+    return username, password
+
+
+def make_provider(
+    provider: str, instance: str, inst: InstanceSettings, settings: Settings, state_path: Path
+) -> Provider:
+    """The adapter for one instance. Each adapter module (and its SDK) is imported only here."""
+    if provider == "local":
+        from cloudproxy_cli.adapters.local import LocalProvider
+        from cloudproxy_cli.config import LocalSettings
+
+        assert isinstance(inst, LocalSettings)
+        username, password = credentials(settings)
+        return LocalProvider(
+            instance=instance,
+            # The local inventory lives beside the state file, one directory per instance.
+            directory=state_path.parent / "local" / instance,
+            username=username,
+            password=password,
+            boot_delay_s=inst.boot_delay,
+        )
+    prefix = provider.upper() if instance == "default" else f"{provider}_{instance}".upper()
+    raise ConfigError(
+        f"{prefix}_ENABLED: the {provider} provider is not available in this version yet "
+        "(only 'local' is); disable it to go on"
+    )
+
+
+def select_instances(
+    settings: Settings, provider: str | None, instance: str | None
+) -> list[tuple[str, str, InstanceSettings]]:
+    """The enabled instances, narrowed by ``--provider``/``--instance``."""
+    enabled = settings.enabled_instances()
+    if not enabled:
+        raise ConfigError(
+            "no provider instance is enabled: set LOCAL_ENABLED=True (or another "
+            "{PROVIDER}_ENABLED), or enable one in the config file"
+        )
+    chosen = [
+        (p, i, s)
+        for p, i, s in enabled
+        if (provider is None or p == provider) and (instance is None or i == instance)
+    ]
+    if not chosen:
+        names = ", ".join(f"{p}/{i}" for p, i, _ in enabled)
+        wanted = "/".join(x for x in (provider, instance) if x)
+        raise UsageError(f"no enabled provider instance matches {wanted!r} (enabled: {names})")
+    return chosen
+
+
+def build_runtimes(
+    loaded: LoadedConfig,
+    overrides: RollingOverrides,
+    state_path: Path,
+    *,
+    provider: str | None = None,
+    instance: str | None = None,
+) -> list[InstanceRuntime]:
+    settings = loaded.settings
+    rolling = effective_rolling(loaded, overrides).policy
+    return [
+        InstanceRuntime(
+            key=InstanceKey(p, i),
+            provider=make_provider(p, i, inst, settings, state_path),
+            policy=instance_policy(settings, p, inst, rolling),
+            proxy_port=settings.proxy_port,
+        )
+        for p, i, inst in select_instances(settings, provider, instance)
+    ]
+
+
+def make_prober(settings: Settings) -> Prober:
+    from cloudproxy_cli.adapters.health import HttpProber
+
+    username, password = credentials(settings)
+    return HttpProber(
+        username=username,
+        password=password,
+        timeout_s=settings.health_check_timeout,
+        url=settings.health_check_url,
+    )
