@@ -13,7 +13,6 @@ from cloudproxy_cli.core.plan import DeleteKind, Plan
 from cloudproxy_cli.core.policy import Strategy
 from cloudproxy_cli.core.reconcile import reconcile
 from cloudproxy_cli.core.state import InstanceState
-
 from tests.support.fakes import FakeProber
 from tests.support.harness import Harness, policy
 
@@ -120,7 +119,9 @@ def check_run(h: Harness, plan: Plan) -> None:
     ),
 )
 def test_many_runs_keep_the_invariants(
-    pol: object, fleet: list[tuple[int, bool]], chaos: list[tuple[int, set[int], bool, bool, int | None]]
+    pol: object,
+    fleet: list[tuple[int, bool]],
+    chaos: list[tuple[int, set[int], bool, bool, int | None]],
 ) -> None:
     h = Harness(pol)  # type: ignore[arg-type]
     h.prober = FlakyProber(h.cloud)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+
 import pytest
 
 from cloudproxy_cli.app.service import InstanceRuntime, destroy_proxy, run_reconcile
@@ -12,7 +13,6 @@ from cloudproxy_cli.core.plan import DeleteKind
 from cloudproxy_cli.core.policy import Strategy
 from cloudproxy_cli.core.reconcile import reconcile
 from cloudproxy_cli.core.state import InstanceState
-
 from tests.support.fakes import FakeProvider
 from tests.support.harness import Harness, policy
 

@@ -8,7 +8,6 @@ import pytest
 
 from cloudproxy_cli.core.plan import DeleteKind
 from cloudproxy_cli.core.policy import Strategy
-
 from tests.support.harness import Harness, policy
 
 ORIGINAL = ["A", "B", "C", "D", "E"]
@@ -31,8 +30,9 @@ def selected(h: Harness) -> list[str]:
     plan = h.reports[-1].instances[0].plan
     assert plan is not None
     return [d.proxy_id for d in plan.deletes if d.kind == DeleteKind.RECYCLE] + [
-        op.old_id or "" for op in plan.next_state.operations if op.opened_at == h.clock.now()
-        and op.strategy == "surge"
+        op.old_id or ""
+        for op in plan.next_state.operations
+        if op.opened_at == h.clock.now() and op.strategy == "surge"
     ]
 
 

@@ -1,4 +1,4 @@
-"""In-memory stand-ins that really implement the core's ports: a fake cloud, clock, prober, store."""
+"""In-memory stand-ins that really implement the core's ports: cloud, clock, prober, store."""
 
 from __future__ import annotations
 
@@ -98,7 +98,10 @@ class FakeProvider:
 
     def add(self, vm_id: str, *, age_s: float, **kwargs: object) -> FakeVM:
         return self.cloud.add(
-            vm_id, age_s=age_s, tags=frozenset({"cloudproxy", self.tag}), **kwargs  # type: ignore[arg-type]
+            vm_id,
+            age_s=age_s,
+            tags=frozenset({"cloudproxy", self.tag}),
+            **kwargs,  # type: ignore[arg-type]
         )
 
     def list_proxies(self) -> list[Proxy]:
@@ -113,7 +116,9 @@ class FakeProvider:
         if self.fail_create:
             raise ProviderError("fake cloud: quota exceeded")
         n = next(self.cloud._ids)
-        vm = self.cloud.add(f"vm-{n}", age_s=0, tags=frozenset({"cloudproxy", self.tag}), ready=False)
+        vm = self.cloud.add(
+            f"vm-{n}", age_s=0, tags=frozenset({"cloudproxy", self.tag}), ready=False
+        )
         self.cloud.created.append(vm.id)
         return Proxy(vm.id, vm.created_at, vm.ip)
 

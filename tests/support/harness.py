@@ -9,7 +9,6 @@ from cloudproxy_cli.app.service import InstanceRuntime, RunReport, run_reconcile
 from cloudproxy_cli.core.model import InstanceKey
 from cloudproxy_cli.core.policy import InstancePolicy, RollingPolicy, Strategy
 from cloudproxy_cli.core.state import InstanceSnapshot
-
 from tests.support.fakes import FakeClock, FakeCloud, FakeProber, FakeProvider, MemoryStore
 
 
@@ -39,7 +38,7 @@ class Harness:
     policy: InstancePolicy
     clock: FakeClock = field(default_factory=FakeClock)
     store: MemoryStore = field(default_factory=MemoryStore)
-    key: InstanceKey = InstanceKey("digitalocean", "default")
+    key: InstanceKey = field(default_factory=lambda: InstanceKey("digitalocean", "default"))
 
     def __post_init__(self) -> None:
         self.cloud = FakeCloud(self.clock)
