@@ -445,3 +445,13 @@ def test_pending_proxy_is_not_recycled_for_age_while_booting() -> None:
     h.run()
     assert recycled(h) == []
     assert last_plan(h).pending_ids == frozenset(h.ids())
+
+
+def test_a_proxy_removed_as_surplus_is_not_reported_deferred() -> None:
+    h = Harness(policy(min_scaling=1, batch_size=1, min_available=0))
+    fleet(h, 3)  # all aged; the batch takes one, the surplus rule removes one more
+    h.run()
+    plan = last_plan(h)
+    removed = {d.proxy_id for d in plan.deletes}
+    assert removed == {"p0", "p1"}
+    assert [d.proxy_id for d in plan.deferrals] == ["p2"]

@@ -232,7 +232,7 @@ def reconcile(
             if p.id not in healthy and not mass_failure:
                 run.remove(p, DeleteKind.RECYCLE, f"{retry} (unhealthy)")
             elif p.id in healthy and available - 1 >= eff_min:
-                stay = f"{available - 1} stay available (minimum {eff_min})"
+                stay = f"available after: {available - 1} (minimum {eff_min})"
                 run.remove(p, DeleteKind.RECYCLE, f"{retry}; {stay}")
                 available -= 1
             else:
@@ -267,7 +267,7 @@ def reconcile(
                 run.remove(
                     p,
                     DeleteKind.RECYCLE,
-                    f"aged; {available - 1} proxies stay available (minimum {eff_min})",
+                    f"aged; available after: {available - 1} (minimum {eff_min})",
                 )
                 available -= 1
             else:
@@ -361,7 +361,8 @@ def reconcile(
         healthy_ids=healthy,
         creates=tuple(creates),
         deletes=tuple(run.removed.values()),
-        deferrals=tuple(run.deferrals),
+        # A deferred proxy may still go this run as surplus; then it is not "deferred".
+        deferrals=tuple(d for d in run.deferrals if d.proxy_id not in run.removed),
         next_state=InstanceState(
             records=records, operations=tuple(still_open), snapshot=state.snapshot
         ),
