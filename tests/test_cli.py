@@ -343,3 +343,18 @@ def test_main_module_runs(cli: Cli) -> None:
     )  # fmt: skip
     assert result.returncode == 0 and "reconcile" in result.stdout
     assert COMMAND
+
+
+def test_corrupt_state_is_moved_aside_with_a_warning_and_the_run_goes_on(cli: Cli) -> None:
+    cli.state_file.parent.mkdir(parents=True)
+    cli.state_file.write_text('{"schema_version": 1, "instances": [')
+    result = cli.run("reconcile", "--json", **LOCAL)
+    assert result.returncode == 0, result.stderr
+    assert "corrupt" in result.stderr and "Traceback" not in result.stderr
+    (aside,) = cli.state_file.parent.glob("state.json.corrupt-*")
+    assert aside.read_text() == '{"schema_version": 1, "instances": ['
+    doc = json.loads(result.stdout)
+    assert [a["action"] for a in doc["instances"]["local/default"]["actions"]] == ["create"]
+    assert (
+        cli.json("rolling", "status", "--json", **LOCAL)["status"]["local/default"]["pending"] == 1
+    )
