@@ -405,6 +405,16 @@ def _error(message: str) -> None:
     sys.stderr.write(f"cloudproxy: error: {' '.join(message.split())}\n")
 
 
+# Most specific first: ProxyNotFoundError is a ProviderError, which is a plain failure.
+_EXIT_CODES: tuple[tuple[type[CloudProxyError], ExitCode], ...] = (
+    (UsageError, ExitCode.USAGE),
+    (ProxyNotFoundError, ExitCode.USAGE),
+    (ConfigError, ExitCode.CONFIG),
+    (LockHeldError, ExitCode.LOCKED),
+    (CloudProxyError, ExitCode.FAILURE),
+)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (``main`` exits with it)."""
     try:
@@ -418,21 +428,9 @@ def run(argv: list[str] | None = None) -> int:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         _error(message + hint)
         return int(getattr(exc, "exit_code", ExitCode.USAGE))
-    except UsageError as exc:
-        _error(str(exc))
-        return ExitCode.USAGE
-    except ConfigError as exc:
-        _error(str(exc))
-        return ExitCode.CONFIG
-    except LockHeldError as exc:
-        _error(str(exc))
-        return ExitCode.LOCKED
-    except ProxyNotFoundError as exc:
-        _error(str(exc))
-        return ExitCode.USAGE
     except CloudProxyError as exc:
         _error(str(exc))
-        return ExitCode.FAILURE
+        return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
