@@ -322,8 +322,8 @@ def test_unrelated_env_vars_ignored() -> None:
     loaded = load(
         {
             "AWS_PROFILE": "work",
-            "AWS_SECRET_ACCESS_KEY": "abc",
-            "GCP_PROJECT": "p",
+            "AWS_DEFAULT_OUTPUT": "json",
+            "GCP_CREDENTIALS_FILE": "p",
             "VULTR": "x",
             "LOCAL_": "x",
             "HOME": "/root",
@@ -517,6 +517,10 @@ def test_describe_lists_every_setting_with_source(tmp_path: Path) -> None:
         "providers.digitalocean.eu.min_scaling",
         "providers.digitalocean.eu.max_scaling",
         "providers.digitalocean.eu.api_endpoint",
+        "providers.digitalocean.eu.access_token",
+        "providers.digitalocean.eu.region",
+        "providers.digitalocean.eu.size",
+        "providers.digitalocean.eu.image",
         "providers.local.default.enabled",
         "providers.local.default.min_scaling",
         "providers.local.default.max_scaling",

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from cloudproxy_cli.app.service import InstanceRuntime, destroy_proxy, run_reconcile
-from cloudproxy_cli.core.errors import ProxyNotFoundError
+from cloudproxy_cli.core.errors import ProviderError, ProxyNotFoundError
 from cloudproxy_cli.core.model import InstanceKey, ProbeResult
 from cloudproxy_cli.core.plan import DeleteKind
 from cloudproxy_cli.core.policy import Strategy
@@ -455,3 +455,37 @@ def test_a_proxy_removed_as_surplus_is_not_reported_deferred() -> None:
     removed = {d.proxy_id for d in plan.deletes}
     assert removed == {"p0", "p1"}
     assert [d.proxy_id for d in plan.deferrals] == ["p2"]
+
+
+# -- firewall: ensured once, remembered in the state, never touched in steady state ----------
+
+
+def test_firewall_is_ensured_only_when_creating_and_remembered() -> None:
+    h = Harness(policy(min_scaling=2, age_limit_s=0))
+    h.run()  # creates 2: the firewall is looked up and created once
+    assert h.cloud.firewall_calls == 2
+    assert h.store.state.instance(str(h.key)).firewall_id == "fw-cloudproxy-default"
+    h.clock.advance(120)
+    h.run()  # steady state: no create, no firewall call
+    assert last_plan(h).is_empty and h.cloud.firewall_calls == 2
+    h.cloud.vms.pop(sorted(h.ids())[0])  # a VM vanished: the next run creates one
+    h.run()
+    assert len(last_plan(h).creates) == 1
+    assert h.cloud.firewall_calls == 2, "the remembered firewall id costs no call"
+
+
+def test_firewall_failure_fails_the_creates_but_not_the_deletes() -> None:
+    h = Harness(policy(enabled=False, min_scaling=1))
+    fleet(h, 1)  # aged: deleted and replaced this run
+
+    def broken(known_id: str | None) -> str | None:
+        raise ProviderError("fake cloud: 403 firewall quota")
+
+    h.provider.ensure_firewall = broken  # type: ignore[method-assign]
+    report = h.run()
+    outcomes = report.instances[0].outcomes
+    assert [(type(o.action).__name__, o.ok) for o in outcomes] == [
+        ("DeleteAction", True),
+        ("CreateAction", False),
+    ]
+    assert outcomes[1].error == "firewall: fake cloud: 403 firewall quota"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 import typing
@@ -118,11 +119,23 @@ NonNegativeSeconds = Annotated[
     _Expect("a non-negative number of seconds"),
 ]
 OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none), _Expect("a string")]
+Text = Annotated[str, Field(min_length=1), _Expect("a non-empty string")]
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_to_none), _Expect("a string")]
 OptionalHttpUrl = Annotated[
     Annotated[str, AfterValidator(_http_url)] | None,
     BeforeValidator(_blank_to_none),
     _Expect("an http:// or https:// URL"),
+]
+
+
+def _ip_address(value: str) -> str:
+    return str(ipaddress.ip_address(value.strip()))
+
+
+OptionalIp = Annotated[
+    Annotated[str, AfterValidator(_ip_address)] | None,
+    BeforeValidator(_blank_to_none),
+    _Expect("an IP address"),
 ]
 StrategyName = Annotated[
     Strategy,
@@ -164,23 +177,56 @@ class LocalSettings(InstanceSettings):
 
 
 class DigitalOceanSettings(InstanceSettings):
-    """DigitalOcean droplets."""  # the adapter issue adds token/region/size/...
+    """DigitalOcean droplets (python-digitalocean). The library itself honours
+    ``DIGITALOCEAN_END_POINT``; ``api_endpoint`` overrides it per instance."""
+
+    access_token: OptionalSecret = None
+    region: Text = "lon1"
+    size: Text = "s-1vcpu-1gb"
+    image: Text = "ubuntu-24-04-x64"
 
 
 class AwsSettings(InstanceSettings):
-    """AWS EC2 instances."""  # the adapter issue adds credentials/region/instance type/spot/...
+    """AWS EC2 instances (boto3). boto3 itself honours ``AWS_ENDPOINT_URL``; ``api_endpoint``
+    overrides it per instance. Without keys, the default instance uses boto3's credential chain."""
+
+    access_key_id: OptionalSecret = None
+    secret_access_key: OptionalSecret = None
+    region: Text = "us-east-1"
+    size: Text = "t3.micro"
+    ami: OptionalText = None  # None: the current Ubuntu LTS image of the region
+    spot: Flag = False
 
 
 class GcpSettings(InstanceSettings):
-    """Google Compute Engine VMs."""  # the adapter issue adds project/zone/machine type/key/...
+    """Google Compute Engine VMs (google-cloud-compute)."""
+
+    project: OptionalText = None
+    zone: Text = "us-central1-a"
+    size: Text = "e2-micro"
+    image_project: Text = "ubuntu-os-cloud"
+    image_family: Text = "ubuntu-2404-lts-amd64"
+    service_account_key: OptionalSecret = None  # the key's JSON text
+    sa_json: OptionalText = None  # or a path to the key file
+    spot: Flag = False
 
 
 class HetznerSettings(InstanceSettings):
-    """Hetzner Cloud servers."""  # the adapter issue adds token/location/server type/...
+    """Hetzner Cloud servers (hcloud)."""
+
+    access_token: OptionalSecret = None
+    location: Text = "nbg1"
+    size: Text = "cx23"  # a current type; the reference's cx21 is long deprecated
+    image: Text = "ubuntu-24.04"
 
 
 class VultrSettings(InstanceSettings):
-    """Vultr instances."""  # the adapter issue adds token/region/plan/...
+    """Vultr instances (its v2 REST API through requests)."""
+
+    api_token: OptionalSecret = None
+    region: Text = "ewr"
+    plan: Text = "vc2-1c-1gb"
+    os_id: NonNegativeInt = 2284  # Ubuntu 24.04 LTS x64
 
 
 PROVIDER_SETTINGS: dict[str, type[InstanceSettings]] = {
@@ -221,6 +267,7 @@ class Settings(BaseSettings):
         _Expect("a positive whole number of seconds"),
     ] = 600
     only_host_ip: Flag = False
+    host_ip: OptionalIp = None  # with ONLY_HOST_IP: this host's public IP (found out if unset)
     allow_open_proxy: Flag = False
     providers: dict[str, dict[str, InstanceSettings]] = Field(default_factory=dict)
 

@@ -47,6 +47,8 @@ class FakeCloud:
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     created: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    firewalls: set[str] = field(default_factory=set)
+    firewall_calls: int = 0
 
     def add(
         self,
@@ -130,8 +132,14 @@ class FakeProvider:
             del self.cloud.vms[proxy_id]
             self.cloud.deleted.append(proxy_id)
 
-    def ensure_firewall(self) -> None:
-        return None
+    def ensure_firewall(self, known_id: str | None) -> str | None:
+        if known_id is not None:
+            return known_id
+        self.cloud.firewall_calls += 1
+        if self.tag not in self.cloud.firewalls:
+            self.cloud.firewall_calls += 1
+            self.cloud.firewalls.add(self.tag)
+        return f"fw-{self.tag}"
 
 
 class FakeProber:

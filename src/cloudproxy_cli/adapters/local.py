@@ -146,8 +146,9 @@ class LocalProvider:
         path.unlink(missing_ok=True)
         (self._dir / f"{proxy_id}.log").unlink(missing_ok=True)
 
-    def ensure_firewall(self) -> None:
+    def ensure_firewall(self, known_id: str | None) -> str | None:
         """Nothing to do: the proxies listen on 127.0.0.1 only."""
+        return None
 
     def _spawn(self, proxy_id: str, port: int, reserved_fd: int) -> subprocess.Popen[bytes]:
         env = dict(os.environ)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
-from cloudproxy_cli.core.errors import CloudProxyError, ProviderError
+from cloudproxy_cli.core.errors import CloudProxyError, FirewallMissingError, ProviderError
 from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget, Proxy
 from cloudproxy_cli.core.plan import ActionOutcome, CreateAction, DeleteAction, Plan
 from cloudproxy_cli.core.policy import InstancePolicy
@@ -92,14 +92,19 @@ def _targets(runtime: InstanceRuntime, proxies: Sequence[Proxy]) -> list[ProbeTa
 def _execute(
     runtime: InstanceRuntime,
     plan: Plan,
+    firewall: list[str | None],
     on_progress: Callable[[tuple[ActionOutcome, ...]], None],
 ) -> Iterator[ActionOutcome]:
     """Deletes first (strategy replace frees its slot before creating), then creates.
 
-    Each outcome is reported before the next action starts, so that the caller can persist it:
-    a crash mid-run then never forgets an action already taken.
+    Before the first create, the instance's firewall is ensured (``firewall`` holds the id
+    remembered in the state, and receives the one to remember); if that fails, every create of
+    this run fails with it. Each outcome is reported before the next action starts, so that the
+    caller can persist it: a crash mid-run never forgets an action already taken.
     """
     done: list[ActionOutcome] = []
+    firewall_error: str | None = None
+    firewall_checked = False
     actions: list[CreateAction | DeleteAction] = [*plan.deletes, *plan.creates]
     for action in actions:
         outcome: ActionOutcome
@@ -112,9 +117,21 @@ def _execute(
                     action.reason,
                 )  # fmt: skip
             else:
+                if not firewall_checked:
+                    firewall_checked = True
+                    try:
+                        firewall[0] = runtime.provider.ensure_firewall(firewall[0])
+                    except CloudProxyError as exc:
+                        firewall_error = f"firewall: {exc}"
+                if firewall_error is not None:
+                    raise ProviderError(firewall_error)
                 created = runtime.provider.create_proxy()
                 outcome = ActionOutcome(action, ok=True, created=created)
                 log.info("Created %s in %s: %s", created.id, plan.key, action.reason)
+        except FirewallMissingError as exc:
+            firewall[0] = None  # found (or made) again by the next run that creates
+            outcome = ActionOutcome(action, ok=False, error=str(exc))
+            log.error("Could not create a proxy in %s: %s", plan.key, exc)
         except CloudProxyError as exc:
             outcome = ActionOutcome(action, ok=False, error=str(exc))
             verb = "delete" if isinstance(action, DeleteAction) else "create"
@@ -184,23 +201,27 @@ def run_reconcile(
                 reports[runtime.key] = InstanceReport(runtime.key, plan=plan, log=plan.log)
                 continue
 
+            firewall = [plan.next_state.firewall_id]
+
             def persist(
                 done: tuple[ActionOutcome, ...],
                 plan: Plan = plan,
                 key: str = key,
                 policy: InstancePolicy = runtime.policy,
+                firewall: list[str | None] = firewall,
             ) -> None:
                 nonlocal state
                 partial, _ = apply_outcomes(
                     plan, done, now=now, policy=policy, update_snapshot=False
                 )
-                state = state.with_instance(key, partial)
+                state = state.with_instance(key, replace(partial, firewall_id=firewall[0]))
                 store.save(state)
 
-            outcomes = tuple(_execute(runtime, plan, persist))
+            outcomes = tuple(_execute(runtime, plan, firewall, persist))
             final, completed = apply_outcomes(
                 plan, outcomes, now=clock.now(), policy=runtime.policy
             )
+            final = replace(final, firewall_id=firewall[0])
             for line in completed:
                 log.info("%s", line)
             errors = [o.error for o in outcomes if not o.ok and o.error]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -105,11 +107,13 @@ def make_provider(
             password=password,
             boot_delay_s=inst.boot_delay,
         )
-    prefix = provider.upper() if instance == "default" else f"{provider}_{instance}".upper()
-    raise ConfigError(
-        f"{prefix}_ENABLED: the {provider} provider is not available in this version yet "
-        "(only 'local' is); disable it to go on"
-    )
+    # A cloud adapter module exposes ``from_settings(instance, settings, proxy)``; importing it
+    # (and so its SDK) happens only for the instances that are enabled.
+    from cloudproxy_cli.adapters.user_data import proxy_settings
+
+    module = importlib.import_module(f"cloudproxy_cli.adapters.{provider}")
+    factory: Callable[..., Provider] = module.from_settings
+    return factory(instance=instance, settings=inst, proxy=proxy_settings(settings))
 
 
 def select_instances(

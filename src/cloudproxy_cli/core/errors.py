@@ -38,3 +38,7 @@ class ProviderError(CloudProxyError):
 
 class ProxyNotFoundError(ProviderError):
     """No proxy of any enabled instance has the given address."""
+
+
+class FirewallMissingError(ProviderError):
+    """A create failed because the firewall id remembered in the state no longer exists."""

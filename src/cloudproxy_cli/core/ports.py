@@ -23,7 +23,12 @@ class Provider(Protocol):
 
     def delete_proxy(self, proxy_id: str) -> None: ...
 
-    def ensure_firewall(self) -> None: ...
+    def ensure_firewall(self, known_id: str | None) -> str | None:
+        """Make sure this instance's firewall exists (opening only the proxy port) and return
+        its id for the state file. With ``known_id`` (what a previous run returned) the adapter
+        trusts it and makes no API call; otherwise it finds the firewall by name, creating it
+        only if missing. Called only in runs that create proxies. ``None``: no firewall."""
+        ...
 
 
 class Prober(Protocol):

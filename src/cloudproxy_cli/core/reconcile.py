@@ -364,7 +364,10 @@ def reconcile(
         # A deferred proxy may still go this run as surplus; then it is not "deferred".
         deferrals=tuple(d for d in run.deferrals if d.proxy_id not in run.removed),
         next_state=InstanceState(
-            records=records, operations=tuple(still_open), snapshot=state.snapshot
+            records=records,
+            operations=tuple(still_open),
+            snapshot=state.snapshot,
+            firewall_id=state.firewall_id,
         ),
         warnings=tuple(run.warnings),
         log=tuple(run.log),
@@ -444,7 +447,11 @@ def apply_outcomes(
                 f"Rolling deployment: Completed recycling {op.old_address or op.old_id} "
                 f"in {plan.key}"
             )
-    state = InstanceState(records=records, operations=tuple(ops.values()))
+    state = InstanceState(
+        records=records,
+        operations=tuple(ops.values()),
+        firewall_id=plan.next_state.firewall_id,
+    )
     snapshot = plan.next_state.snapshot
     if update_snapshot:
         snapshot = build_snapshot(plan, state, created, deleted, now=now, policy=policy)

@@ -88,6 +88,7 @@ class InstanceState:
     records: Mapping[str, ProxyRecord] = field(default_factory=dict)
     operations: tuple[RecycleOperation, ...] = ()
     snapshot: InstanceSnapshot | None = None
+    firewall_id: str | None = None  # what the adapter's ensure_firewall returned last
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,7 @@ def encode_state(state: State) -> dict[str, Any]:
                 for op in inst.operations
             ],
             "snapshot": None if inst.snapshot is None else encode_snapshot(inst.snapshot),
+            "firewall_id": inst.firewall_id,
         }
     o = state.overrides
     return {
@@ -275,6 +277,7 @@ def decode_state(doc: Any) -> State:
                 records=records,
                 operations=operations,
                 snapshot=None if snap is None else decode_snapshot(snap),
+                firewall_id=inst.get("firewall_id"),
             )
         return State(instances=instances, overrides=overrides)
     except StateFormatError:
