@@ -40,7 +40,9 @@ class StandIn(Protocol):
         """Every VM becomes running and gets its public (loopback) address."""
         ...
 
-    def fail_next(self, kind: Kind, status: int, *, times: int = 1, retry_after: int | None = None) -> None:
+    def fail_next(
+        self, kind: Kind, status: int, *, times: int = 1, retry_after: int | None = None
+    ) -> None:
         """The next ``times`` requests of ``kind`` answer ``status`` (with Retry-After if given)."""
         ...
 
