@@ -75,8 +75,8 @@ def call_with_retries(
     max_delay_s: float = 20.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Call ``fn``; retry what ``classify`` says is transient (429, 5xx) with exponential backoff,
-    honouring Retry-After, at most ``attempts`` times in all. A server that asks us to wait
+    """Call ``fn``; retry what ``classify`` says is transient (429, 5xx) after the server's
+    Retry-After, or with exponential backoff without one, at most ``attempts`` times in all. A server that asks us to wait
     longer than ``max_delay_s`` is not waited for: the instance fails for this run and cron
     tries again next minute. Anything else raises at once."""
     for attempt in range(1, attempts + 1):
@@ -86,12 +86,12 @@ def call_with_retries(
             retry = classify(exc)
             if retry is None or attempt == attempts:
                 raise
-            delay = base_delay_s * 2 ** (attempt - 1)
-            if retry.after_s is not None:
+            if retry.after_s is not None:  # the server said when: do as it says
                 if retry.after_s > max_delay_s:
                     raise
-                delay = max(delay, retry.after_s)
-            delay = min(delay, max_delay_s)
+                delay = retry.after_s
+            else:
+                delay = min(base_delay_s * 2 ** (attempt - 1), max_delay_s)
             log.debug("%s: transient failure (%s); retry %d in %.1fs", what, exc, attempt, delay)
             sleep(delay)
     raise ProviderError(f"{what}: retries exhausted")  # pragma: no cover - loop always returns
