@@ -358,3 +358,11 @@ def test_corrupt_state_is_moved_aside_with_a_warning_and_the_run_goes_on(cli: Cl
     assert (
         cli.json("rolling", "status", "--json", **LOCAL)["status"]["local/default"]["pending"] == 1
     )
+
+
+def test_cloud_provider_without_health_check_url_is_a_configuration_error(cli: Cli) -> None:
+    env = {"DIGITALOCEAN_ENABLED": "True", "DIGITALOCEAN_ACCESS_TOKEN": "t0ken", **CREDS}
+    result = cli.run("reconcile", **env)
+    assert result.returncode == 4
+    line = one_line_error(result)
+    assert "HEALTH_CHECK_URL" in line and "t0ken" not in line

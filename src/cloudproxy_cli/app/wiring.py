@@ -159,9 +159,20 @@ def build_runtimes(
     ]
 
 
-def make_prober(settings: Settings) -> Prober:
+def make_prober(settings: Settings, providers: set[str]) -> Prober:
+    """The health prober for a run over ``providers``.
+
+    Without HEALTH_CHECK_URL the prober serves its own origin on 127.0.0.1, which only proxies
+    on this machine can reach: a cloud VM would fail every probe, so that is refused up front.
+    """
     from cloudproxy_cli.adapters.health import HttpProber
 
+    remote = sorted(providers - {"local"})
+    if remote and settings.health_check_url is None:
+        raise ConfigError(
+            f"HEALTH_CHECK_URL: required when a cloud provider is enabled ({', '.join(remote)}): "
+            "the built-in origin on 127.0.0.1 is reachable only by local proxies"
+        )
     username, password = credentials(settings)
     return HttpProber(
         username=username,

@@ -162,9 +162,9 @@ def reconcile(
 
     opts = _options(ctx)
     loaded = opts.load_config()
-    select_instances(loaded.settings, provider, instance)  # fail fast on a bad filter
+    chosen = select_instances(loaded.settings, provider, instance)  # fail fast on a bad filter
     store = opts.store()
-    prober = make_prober(loaded.settings)
+    prober = make_prober(loaded.settings, {p for p, _, _ in chosen})
     runtimes: list[Any] = []
 
     def instances_for(state: State) -> list[Any]:
