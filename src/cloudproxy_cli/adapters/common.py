@@ -76,9 +76,9 @@ def call_with_retries(
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call ``fn``; retry what ``classify`` says is transient (429, 5xx) after the server's
-    Retry-After, or with exponential backoff without one, at most ``attempts`` times in all. A server that asks us to wait
-    longer than ``max_delay_s`` is not waited for: the instance fails for this run and cron
-    tries again next minute. Anything else raises at once."""
+    Retry-After, or with exponential backoff without one, at most ``attempts`` times in all.
+    A server that asks us to wait longer than ``max_delay_s`` is not waited for: the instance
+    fails for this run and cron tries again next minute. Anything else raises at once."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
