@@ -403,5 +403,6 @@ def test_a_naive_clock_is_rejected(inventory: Path) -> None:
 
 
 def test_ensure_firewall_is_a_no_op(inventory: Path) -> None:
-    make_provider(inventory).ensure_firewall()
+    assert make_provider(inventory).ensure_firewall(None) is None
+    assert make_provider(inventory).ensure_firewall("anything") is None
     assert list(inventory.iterdir()) == []
