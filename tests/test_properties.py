@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -88,8 +89,11 @@ def check_run(h: Harness, plan: Plan) -> None:
         assert len(healthy - gone) >= plan.effective_min_available
 
     # Oldest first: no deferred proxy is older than a healthy proxy selected this run.
-    selected = [d.proxy_id for d in recycled_healthy] + [
-        op.old_id for op in opened if op.old_id in healthy
+    # (Selections opened this run, from the plan: a retried delete is not a new selection.)
+    selected = [
+        op.old_id
+        for op in plan.next_state.operations
+        if op.opened_at == h.clock.now() and op.old_id in healthy
     ]
     for pid in selected:
         for deferral in plan.deferrals:
@@ -99,7 +103,7 @@ def check_run(h: Harness, plan: Plan) -> None:
 
 
 @settings(
-    max_examples=400,
+    max_examples=int(os.environ.get("CLOUDPROXY_PROPERTY_EXAMPLES", "400")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

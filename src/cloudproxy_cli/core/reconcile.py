@@ -334,25 +334,31 @@ def reconcile(
                 p, DeleteKind.SURPLUS, f"above MIN_SCALING ({len(counted)}/{policy.min_scaling})"
             )
 
-    # Operations that will get no replacement close once their old proxy is gone.
+    # Operations that will get no replacement (the fleet is at MIN_SCALING without one) close
+    # once their old proxy is gone: already, by a delete planned under the rules above, or, for
+    # surge, by deleting the old proxy now (surplus: the fleet is complete without it). A
+    # replace operation whose retried delete was deferred stays open: availability first.
     assigned = {c.for_operation for c in creates if c.for_operation}
     still_open: list[RecycleOperation] = []
     for op in ops:
-        needs_nothing = op.replacement_id is None and op.op_id not in assigned
-        if needs_nothing and op.strategy != ADOPTED:
-            if op.old_deleted:
-                _complete(run, op)
-                continue
-            if op.old_id is not None and op.old_id in by_id:
-                old = by_id[op.old_id]
-                previous = run.removed.get(old.id)
-                run.removed[old.id] = DeleteAction(
-                    old.id,
-                    old.address,
-                    previous.kind if previous else DeleteKind.SURGE_COMPLETE,
-                    previous.reason if previous else "no replacement needed at MIN_SCALING",
-                    closes_operation=op.op_id,
-                )
+        if op.replacement_id is not None or op.op_id in assigned or op.strategy == ADOPTED:
+            still_open.append(op)
+            continue
+        if op.old_deleted:
+            _complete(run, op)
+            continue
+        remaining = by_id.get(op.old_id) if op.old_id is not None else None
+        planned = run.removed.get(remaining.id) if remaining is not None else None
+        if remaining is not None and planned is not None:
+            run.removed[remaining.id] = replace(planned, closes_operation=op.op_id)
+        elif remaining is not None and op.strategy == Strategy.SURGE:
+            run.removed[remaining.id] = DeleteAction(
+                remaining.id,
+                remaining.address,
+                DeleteKind.SURPLUS,
+                f"no replacement needed: MIN_SCALING ({policy.min_scaling}) is met without it",
+                closes_operation=op.op_id,
+            )
         still_open.append(op)
 
     return Plan(
