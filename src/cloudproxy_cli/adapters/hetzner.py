@@ -1,0 +1,417 @@
+"""Hetzner Cloud servers through hcloud, labelled per instance, with one client and token each."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import requests
+from hcloud import APIException, Client
+from hcloud.firewalls import (
+    BoundFirewall,
+    FirewallResource,
+    FirewallResourceLabelSelector,
+    FirewallRule,
+)
+from hcloud.images import Image
+from hcloud.locations import Location
+from hcloud.server_types import ServerType
+from hcloud.servers import BoundServer, Server
+
+from cloudproxy_cli import __version__
+from cloudproxy_cli.adapters.common import (
+    TAG,
+    ProxySettings,
+    Retry,
+    call_with_retries,
+    firewall_name,
+    parse_retry_after,
+)
+from cloudproxy_cli.core.errors import ProviderError
+from cloudproxy_cli.core.model import Proxy
+
+if TYPE_CHECKING:
+    from cloudproxy_cli.config import HetznerSettings
+
+log = logging.getLogger("cloudproxy")
+
+T = TypeVar("T")
+
+PROVIDER = "hetzner"
+ENDPOINT_ENV = "HETZNER_API_ENDPOINT"
+INSTANCE_LABEL = "cloudproxy-instance"
+# Per HTTP attempt (connect, read): hcloud's own default is no timeout at all, and a hung API
+# must fail this run, not stall every later cron run behind the state lock.
+TIMEOUT_S = (5.0, 30.0)
+# Hetzner error codes worth another attempt. `conflict` and `locked` mean "the resource is busy
+# (e.g. its create action still runs), try again"; the rest are the API's own outages.
+_TRANSIENT_CODES = frozenset(
+    {
+        "rate_limit_exceeded",
+        "conflict",
+        "locked",
+        "server_error",
+        "service_error",
+        "unavailable",
+        "maintenance",
+        "timeout",
+        "bad_gateway",
+    }
+)
+_FORBIDDEN_CODES = frozenset({"forbidden", "token_readonly"})
+# While a server is `initializing` Hetzner already shows the IPv4 it will get, but nothing
+# answers there yet (the disk is still being written, cloud-init has not run): reporting it
+# would only buy failing probes and an address in `cloudproxy proxies` that serves nothing.
+_NOT_BOOTED = frozenset({"initializing"})
+_MAX_MESSAGE = 200
+
+
+class HetznerProvider:
+    """One Hetzner Cloud project (API token) and instance name; implements ``Provider``.
+
+    Every server it creates carries the labels ``cloudproxy=true`` and
+    ``cloudproxy-instance=<instance>``; it lists, and deletes, only servers carrying both.
+    Retries are its own (``call_with_retries``): hcloud's built-in retry loop, which ignores
+    Retry-After and may sleep up to 5 x 60 s, is switched off.
+    """
+
+    def __init__(
+        self,
+        *,
+        instance: str,
+        token: str | None,
+        token_env: str,
+        endpoint: str | None,
+        location: str,
+        server_type: str,
+        image: str,
+        proxy: ProxySettings,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._instance = instance
+        self._token = token
+        self._token_env = token_env
+        self._location = location
+        self._server_type = server_type
+        self._image = image
+        self._proxy = proxy
+        self._sleep = sleep
+        self._labels = {TAG: "true", INSTANCE_LABEL: instance}
+        # Both labels, always: a bare `cloudproxy` would match every instance's servers.
+        self._selector = f"{TAG},{INSTANCE_LABEL}={instance}"
+        # The last HTTP response seen on this thread: APIException carries neither the status
+        # nor the headers (Retry-After), so a requests hook keeps them for the classifier.
+        self._seen = threading.local()
+        # Ids this adapter has seen carrying both labels (listed or created): deleting one of
+        # them needs no ownership read. Hetzner never reuses server ids.
+        self._owned: set[str] = set()
+        self._client: Client | None = None
+        if token is not None:
+            self._client = _make_client(token, endpoint, self._remember)
+
+    @property
+    def _key(self) -> str:
+        return f"{PROVIDER}/{self._instance}"
+
+    # --- Provider ---------------------------------------------------------------------------
+
+    def list_proxies(self) -> list[Proxy]:
+        client = self._require_client()
+        servers = self._call(
+            "list servers", lambda: client.servers.get_all(label_selector=self._selector)
+        )
+        # The API already filtered by label; checking again costs nothing and keeps a
+        # misbehaving endpoint from handing us another instance's servers.
+        mine = [s for s in servers if self._owns(s) and s.status != "deleting"]
+        self._owned = {str(s.id) for s in mine}
+        return [self._to_proxy(s) for s in mine]
+
+    def create_proxy(self) -> Proxy:
+        from cloudproxy_cli.adapters.user_data import render_user_data
+
+        client = self._require_client()
+        # The name doubles as an idempotency key: Hetzner refuses a second server with the same
+        # name, so retrying a create whose answer was lost can never make two servers.
+        name = f"cloudproxy-{self._instance}-{secrets.token_hex(4)}"
+        try:
+            user_data = render_user_data(self._proxy)
+        except ValueError as exc:
+            raise ProviderError(
+                f"{self._key}: cannot render the user data: {self._scrub(str(exc))}"
+            ) from None
+        attempts = 0
+
+        def create() -> BoundServer:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return client.servers.create(
+                    name=name,
+                    server_type=ServerType(name=self._server_type),
+                    image=Image(name=self._image),
+                    location=Location(name=self._location),
+                    user_data=user_data,
+                    labels=dict(self._labels),
+                ).server
+            except APIException as exc:
+                if attempts > 1 and exc.code == "uniqueness_error":
+                    # An earlier attempt did create it, but its answer never reached us.
+                    found = client.servers.get_by_name(name)
+                    if found is not None and self._owns(found):
+                        return found
+                raise
+
+        # The create action is not waited for: the next run lists the server and probes it.
+        server = self._call("create server", create)
+        self._owned.add(str(server.id))
+        return self._to_proxy(server)
+
+    def delete_proxy(self, proxy_id: str) -> None:
+        client = self._require_client()
+        if not (proxy_id.isascii() and proxy_id.isdigit()):
+            log.warning("%s: %r is not a Hetzner server id; nothing to delete", self._key, proxy_id)
+            return
+        server_id = int(proxy_id)
+        if proxy_id not in self._owned:
+            # The DELETE endpoint cannot be scoped by label: read the labels first.
+            server = self._call(
+                f"read server {proxy_id}",
+                lambda: _or_none(lambda: client.servers.get_by_id(server_id)),
+            )
+            if server is None:
+                return  # already gone
+            if not self._owns(server):
+                log.warning(
+                    "%s: not deleting server %s: it is not labelled %s",
+                    self._key, proxy_id, self._selector,
+                )  # fmt: skip
+                return
+        self._call(
+            f"delete server {proxy_id}",
+            lambda: _or_none(lambda: client.servers.delete(Server(id=server_id))),
+        )
+        self._owned.discard(proxy_id)
+
+    def ensure_firewall(self, known_id: str | None) -> str | None:
+        if known_id is not None:
+            return known_id
+        client = self._require_client()
+        name = firewall_name(self._instance)
+        found = self._call("find firewall", lambda: client.firewalls.get_by_name(name))
+        if found is not None:
+            if not self._opens_proxy_port(found):
+                log.warning(
+                    "%s: firewall %s (id %s) does not open TCP port %d to %s; new proxies may be "
+                    "unreachable (delete the firewall and cloudproxy will create it again)",
+                    self._key, name, found.id, self._proxy.port, ", ".join(self._sources()),
+                )  # fmt: skip
+            return str(found.id)
+
+        def create() -> BoundFirewall:
+            try:
+                return client.firewalls.create(
+                    name=name,
+                    rules=[self._proxy_rule()],
+                    # Applied by label: every server this instance creates gets the firewall
+                    # from the API itself, with no call per server.
+                    resources=[
+                        FirewallResource(
+                            type=FirewallResource.TYPE_LABEL_SELECTOR,
+                            label_selector=FirewallResourceLabelSelector(selector=self._selector),
+                        )
+                    ],
+                ).firewall
+            except APIException as exc:
+                if exc.code == "uniqueness_error":  # made meanwhile (or by a lost attempt)
+                    again = client.firewalls.get_by_name(name)
+                    if again is not None:
+                        return again
+                raise
+
+        created = self._call("create firewall", create)
+        log.info("%s: created firewall %s (id %s)", self._key, name, created.id)
+        return str(created.id)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _require_client(self) -> Client:
+        if self._client is None:
+            raise ProviderError(f"{self._key}: no API token; set {self._token_env}")
+        return self._client
+
+    def _owns(self, server: Server) -> bool:
+        labels = server.labels or {}
+        return TAG in labels and labels.get(INSTANCE_LABEL) == self._instance
+
+    def _to_proxy(self, server: Server) -> Proxy:
+        created = server.created
+        if created is None:
+            raise ProviderError(f"{self._key}: server {server.id} has no creation time")
+        if created.tzinfo is None:  # the API always sends an offset; never guess local time
+            created = created.replace(tzinfo=UTC)
+        ip = None
+        ipv4 = server.public_net.ipv4 if server.public_net is not None else None
+        if server.status not in _NOT_BOOTED and ipv4 is not None and ipv4.ip:
+            ip = ipv4.ip
+        return Proxy(id=str(server.id), created_at=created.astimezone(UTC), ip=ip)
+
+    def _sources(self) -> list[str]:
+        if self._proxy.allowed_ip is None:
+            return ["0.0.0.0/0", "::/0"]
+        return [str(ipaddress.ip_network(self._proxy.allowed_ip))]  # /32, or /128 for IPv6
+
+    def _proxy_rule(self) -> FirewallRule:
+        return FirewallRule(
+            direction=FirewallRule.DIRECTION_IN,
+            protocol=FirewallRule.PROTOCOL_TCP,
+            port=str(self._proxy.port),
+            source_ips=self._sources(),
+            description="cloudproxy: the proxy port",
+        )
+
+    def _opens_proxy_port(self, firewall: BoundFirewall) -> bool:
+        wanted = set(self._sources())
+        return any(
+            rule.direction == FirewallRule.DIRECTION_IN
+            and rule.protocol == FirewallRule.PROTOCOL_TCP
+            and rule.port == str(self._proxy.port)
+            and wanted <= set(rule.source_ips)
+            for rule in firewall.rules or []
+        )
+
+    # --- calls, retries and errors ----------------------------------------------------------
+
+    def _remember(self, response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        self._seen.response = response
+
+    def _last_response(self) -> requests.Response | None:
+        response: requests.Response | None = getattr(self._seen, "response", None)
+        return response
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn`` with bounded retries; every failure becomes a one-line ``ProviderError``."""
+
+        def attempt() -> T:
+            self._seen.response = None  # so a transport error is never judged by a stale answer
+            return fn()
+
+        try:
+            return call_with_retries(
+                attempt, what=f"{self._key}: {what}", classify=self._classify, sleep=self._sleep
+            )
+        except APIException as exc:
+            raise self._error(what, exc) from exc
+        except requests.RequestException as exc:
+            # Not str(exc): requests quotes whole URLs and nested reprs; the kind is enough.
+            raise ProviderError(
+                f"{self._key}: {what} failed: the API did not answer ({type(exc).__name__})"
+            ) from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            # hcloud indexes the answer's JSON directly: a malformed answer must fail this
+            # instance, not crash the whole run with a KeyError.
+            raise ProviderError(
+                f"{self._key}: {what} failed: unexpected answer from the API ({type(exc).__name__})"
+            ) from exc
+
+    def _classify(self, exc: Exception) -> Retry | None:
+        if isinstance(exc, APIException):
+            response = self._last_response()
+            status = response.status_code if response is not None else None
+            if isinstance(exc.code, int):  # hcloud's code for an error without a JSON body
+                status = exc.code
+            transient = exc.code in _TRANSIENT_CODES or (
+                status is not None and (status == 429 or status >= 500)
+            )
+            if not transient:
+                return None
+            header = response.headers.get("Retry-After") if response is not None else None
+            return Retry(parse_retry_after(header))
+        if isinstance(exc, requests.ConnectionError | requests.Timeout):
+            return Retry()
+        return None
+
+    def _error(self, what: str, exc: APIException) -> ProviderError:
+        response = self._last_response()
+        status = response.status_code if response is not None else None
+        code = exc.code
+        if code == "unauthorized" or status == 401:
+            return ProviderError(
+                f"{self._key}: authentication failed (401); check {self._token_env}"
+            )
+        if code in _FORBIDDEN_CODES or status == 403:
+            return ProviderError(
+                f"{self._key}: {what}: permission denied (403 {code}); {self._token_env} "
+                "must be a Read & Write API token of the project"
+            )
+        shown = f"HTTP {status}, {code}" if isinstance(code, str) and status else f"HTTP {code}"
+        return ProviderError(f"{self._key}: {what} failed ({shown}): {self._scrub(exc.message)}")
+
+    def _scrub(self, text: str) -> str:
+        text = " ".join(str(text).split())[:_MAX_MESSAGE]
+        for secret in (self._token, self._proxy.password):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def _or_none(fn: Callable[[], T]) -> T | None:
+    """``fn()``, or ``None`` when the API says the resource does not exist (404)."""
+    try:
+        return fn()
+    except APIException as exc:
+        if exc.code in {"not_found", 404}:
+            return None
+        raise
+
+
+def _make_client(token: str, endpoint: str | None, on_response: Callable[..., None]) -> Client:
+    extra: dict[str, Any] = {} if endpoint is None else {"api_endpoint": endpoint.rstrip("/")}
+    client = Client(
+        token=token,
+        application_name="cloudproxy",
+        application_version=__version__,
+        timeout=TIMEOUT_S,
+        **extra,
+    )
+    # hcloud (>= 2.6) has no public switch for these: its transport retries some errors up to
+    # 5 times with up to 60 s of jittered sleep each, ignoring Retry-After. Our own bounded
+    # retries replace it, and the hook lets them see each answer's status and Retry-After.
+    transport = client._client
+    transport._retry_max_retries = 0
+    transport._session.hooks["response"].append(on_response)
+    return client
+
+
+def from_settings(
+    *,
+    instance: str,
+    settings: HetznerSettings,
+    proxy: ProxySettings,
+    sleep: Callable[[float], None] = time.sleep,
+    environ: Mapping[str, str] | None = None,
+) -> HetznerProvider:
+    """The adapter for one instance: ``settings.api_endpoint``, else ``$HETZNER_API_ENDPOINT``,
+    else the real API. ``sleep`` and ``environ`` are test seams."""
+    from cloudproxy_cli.config import env_name
+
+    env = os.environ if environ is None else environ
+    endpoint = settings.api_endpoint or env.get(ENDPOINT_ENV, "").strip() or None
+    token = settings.access_token.get_secret_value() if settings.access_token else None
+    return HetznerProvider(
+        instance=instance,
+        token=token or None,
+        token_env=env_name(PROVIDER, instance, "access_token"),
+        endpoint=endpoint,
+        location=settings.location,
+        server_type=settings.size,
+        image=settings.image,
+        proxy=proxy,
+        sleep=sleep,
+    )
