@@ -1,0 +1,508 @@
+"""Google Compute Engine proxies through google-cloud-compute (REST transport)."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from cloudproxy_cli.adapters.common import (
+    TAG,
+    ProxySettings,
+    Retry,
+    call_with_retries,
+    firewall_name,
+    instance_tag,
+    parse_retry_after,
+)
+from cloudproxy_cli.config import GcpSettings, env_name
+from cloudproxy_cli.core.errors import ConfigError, ProviderError
+from cloudproxy_cli.core.model import Proxy
+
+if TYPE_CHECKING:
+    from google.cloud import compute_v1
+    from google.oauth2 import service_account
+
+log = logging.getLogger("cloudproxy")
+
+T = TypeVar("T")
+
+PROVIDER = "gcp"
+INSTANCE_LABEL = "cloudproxy-instance"  # label values may not hold every tag character
+NETWORK = "global/networks/default"
+CALL_TIMEOUT_S = 30.0
+# Bounded waits for insert/delete: past this the operation keeps running on Google's side and
+# the next run's list shows how it ended.
+OPERATION_TIMEOUT_S = 180.0
+MAX_WAITS = 5
+PAGE_SIZE = 500  # the API's maximum maxResults
+RETRIED_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
+# Instance, firewall and network-tag names (RFC 1035 labels, at most 63 characters).
+GCE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+_SUFFIX_LEN = 8
+
+
+class GcpProvider:
+    """The proxies of one GCP instance: VMs in ``project``/``zone`` labelled ``cloudproxy=true``
+    and ``cloudproxy-instance=<instance>``, with the network tag its firewall targets."""
+
+    def __init__(
+        self,
+        *,
+        instance: str,
+        settings: GcpSettings,
+        proxy: ProxySettings,
+        project: str,
+        credentials: service_account.Credentials,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        from google.cloud import compute_v1
+
+        self._instance = instance
+        self._key = f"{PROVIDER}/{instance}"
+        self._settings = settings
+        self._proxy = proxy
+        self._project = project
+        self._zone = settings.zone
+        self._tag = instance_tag(instance)
+        self._labels = {TAG: "true", INSTANCE_LABEL: instance}
+        self._sleep = sleep
+        # Names of VMs this object has seen carrying both labels: deleting those needs no GET.
+        self._owned: set[str] = set()
+        endpoint = settings.api_endpoint.rstrip("/") if settings.api_endpoint else None
+        options = {"api_endpoint": endpoint} if endpoint else None
+        # One set of clients per provider instance, all with this instance's credentials and
+        # endpoint (the SDK's own operation poller would ignore the endpoint, see _wait).
+        self._instances = compute_v1.InstancesClient(
+            credentials=credentials, client_options=options, transport="rest"
+        )
+        self._zone_operations = compute_v1.ZoneOperationsClient(
+            credentials=credentials, client_options=options, transport="rest"
+        )
+        self._firewalls = compute_v1.FirewallsClient(
+            credentials=credentials, client_options=options, transport="rest"
+        )
+        self._global_operations = compute_v1.GlobalOperationsClient(
+            credentials=credentials, client_options=options, transport="rest"
+        )
+
+    # --- the Provider protocol -----------------------------------------------------------
+
+    def list_proxies(self) -> list[Proxy]:
+        proxies: list[Proxy] = []
+        token = ""
+        while True:
+            page = self._call("list", functools.partial(self._list_page, token))
+            for vm in page.items:
+                # The filter is the server's; ownership is checked here too, so a filter the
+                # server misread could never hand us someone else's VM.
+                if self._is_ours(vm.labels):
+                    proxies.append(self._to_proxy(vm))
+            token = page.next_page_token
+            if not token:
+                break
+        self._owned = {p.id for p in proxies}
+        return proxies
+
+    def create_proxy(self) -> Proxy:
+        from google.cloud import compute_v1
+
+        from cloudproxy_cli.adapters.user_data import render_user_data
+
+        try:
+            script = render_user_data(self._proxy)
+        except ValueError:
+            # Its message may quote the credentials: say which step failed, not the values.
+            raise ProviderError(f"{self._key}: invalid proxy settings for the user data") from None
+        name = self._new_name()
+        s = self._settings
+        resource = compute_v1.Instance(
+            name=name,
+            machine_type=f"zones/{self._zone}/machineTypes/{s.size}",
+            labels=self._labels,
+            tags=compute_v1.Tags(items=[self._tag]),
+            metadata=compute_v1.Metadata(
+                items=[compute_v1.Items(key="startup-script", value=script)]
+            ),
+            disks=[
+                compute_v1.AttachedDisk(
+                    boot=True,
+                    auto_delete=True,
+                    type_="PERSISTENT",
+                    initialize_params=compute_v1.AttachedDiskInitializeParams(
+                        source_image=f"projects/{s.image_project}/global/images/family/"
+                        f"{s.image_family}"
+                    ),
+                )
+            ],
+            network_interfaces=[
+                compute_v1.NetworkInterface(
+                    network=NETWORK,
+                    access_configs=[
+                        compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")
+                    ],
+                )
+            ],
+        )
+        if s.spot is True:
+            resource.scheduling = compute_v1.Scheduling(
+                provisioning_model="SPOT", instance_termination_action="DELETE"
+            )
+        # The same requestId on every retry: Compute Engine runs a repeated insert only once,
+        # so a lost response cannot become a second VM.
+        request = compute_v1.InsertInstanceRequest(
+            project=self._project,
+            zone=self._zone,
+            instance_resource=resource,
+            request_id=str(uuid.uuid4()),
+        )
+        operation = self._call(
+            "create",
+            lambda: self._instances.insert_unary(
+                request=request, retry=None, timeout=CALL_TIMEOUT_S
+            ),
+        )
+        self._owned.add(name)
+        done = self._wait(operation, "create", zonal=True)
+        created = _parse_time(done.insert_time) if done.insert_time else datetime.now(UTC)
+        return Proxy(id=name, created_at=created)
+
+    def delete_proxy(self, proxy_id: str) -> None:
+        from google.cloud import compute_v1
+
+        if not GCE_NAME.fullmatch(proxy_id):
+            raise ProviderError(f"{self._key}: {proxy_id!r} is not a Compute Engine instance name")
+        if proxy_id not in self._owned:
+            vm = self._call_or_none(
+                "delete",
+                lambda: self._instances.get(
+                    project=self._project,
+                    zone=self._zone,
+                    instance=proxy_id,
+                    retry=None,
+                    timeout=CALL_TIMEOUT_S,
+                ),
+            )
+            if vm is None:
+                return  # already gone
+            if not self._is_ours(vm.labels):
+                log.warning(
+                    "%s: %s is not one of this instance's proxies; left alone", self._key, proxy_id
+                )
+                return
+        request = compute_v1.DeleteInstanceRequest(
+            project=self._project, zone=self._zone, instance=proxy_id, request_id=str(uuid.uuid4())
+        )
+        operation = self._call_or_none(
+            "delete",
+            lambda: self._instances.delete_unary(
+                request=request, retry=None, timeout=CALL_TIMEOUT_S
+            ),
+        )
+        self._owned.discard(proxy_id)
+        if operation is not None:
+            self._wait(operation, "delete", zonal=True, gone_ok=True)
+
+    def ensure_firewall(self, known_id: str | None) -> str | None:
+        if known_id is not None:
+            return known_id
+        from google.api_core import exceptions as api_exceptions
+        from google.cloud import compute_v1
+
+        name = firewall_name(self._instance)
+        found = self._call_or_none(
+            "firewall lookup",
+            lambda: self._firewalls.get(
+                project=self._project, firewall=name, retry=None, timeout=CALL_TIMEOUT_S
+            ),
+        )
+        if found is not None:
+            return name
+        allowed = self._proxy.allowed_ip
+        source = (
+            f"{allowed}/{ipaddress.ip_address(allowed).max_prefixlen}" if allowed else "0.0.0.0/0"
+        )
+        rule = compute_v1.Firewall(
+            name=name,
+            description=f"cloudproxy {self._instance}: the proxy port of its VMs",
+            network=NETWORK,
+            direction="INGRESS",
+            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=[str(self._proxy.port)])],
+            source_ranges=[source],
+            target_tags=[self._tag],
+        )
+        request = compute_v1.InsertFirewallRequest(
+            project=self._project, firewall_resource=rule, request_id=str(uuid.uuid4())
+        )
+        try:
+            operation = self._call(
+                "firewall create",
+                lambda: self._firewalls.insert_unary(
+                    request=request, retry=None, timeout=CALL_TIMEOUT_S
+                ),
+            )
+        except ProviderError as exc:
+            if isinstance(exc.__cause__, api_exceptions.Conflict):
+                return name  # another run created it meanwhile
+            raise
+        self._wait(operation, "firewall create", zonal=False)
+        return name
+
+    # --- calls, retries, errors ----------------------------------------------------------
+
+    def _list_page(self, token: str) -> compute_v1.InstanceList:
+        from google.cloud import compute_v1
+
+        request = compute_v1.ListInstancesRequest(
+            project=self._project,
+            zone=self._zone,
+            filter=f'(labels.{TAG} = "true") AND (labels.{INSTANCE_LABEL} = "{self._instance}")',
+            max_results=PAGE_SIZE,
+        )
+        if token:
+            request.page_token = token
+        pager = self._instances.list(request=request, retry=None, timeout=CALL_TIMEOUT_S)
+        # Only the first page: the pager would fetch the next ones outside our retries.
+        return next(iter(pager.pages))
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn`` with bounded retries of 429/5xx; every API failure a one-line ProviderError
+        caused by the SDK's exception. The SDK's own retry is off (``retry=None`` on each
+        call) so the two never multiply."""
+        try:
+            return call_with_retries(
+                fn, what=f"{self._key}: {what}", classify=_classify, sleep=self._sleep
+            )
+        except Exception as exc:
+            error = self._error(what, exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _call_or_none(self, what: str, fn: Callable[[], T]) -> T | None:
+        """Like ``_call``, but a 404 (the resource is gone) is ``None``."""
+        from google.api_core import exceptions as api_exceptions
+
+        try:
+            return self._call(what, fn)
+        except ProviderError as exc:
+            if isinstance(exc.__cause__, api_exceptions.NotFound):
+                return None
+            raise
+
+    def _error(self, what: str, exc: Exception) -> Exception:
+        from google.api_core import exceptions as api_exceptions
+        from google.auth import exceptions as auth_exceptions
+        from requests import RequestException
+
+        hint = (
+            f"check {env_name(PROVIDER, self._instance, 'service_account_key')} or "
+            f"{env_name(PROVIDER, self._instance, 'sa_json')}"
+        )
+        if isinstance(exc, api_exceptions.Unauthorized):
+            return ProviderError(f"{self._key}: authentication failed (401); {hint}")
+        if isinstance(exc, api_exceptions.Forbidden):
+            return ProviderError(
+                f"{self._key}: {what} refused (403): {_server_message(exc)}; {hint} and the"
+                " service account's roles (Compute Instance Admin, Compute Security Admin)"
+            )
+        if isinstance(exc, api_exceptions.GoogleAPICallError):
+            return ProviderError(f"{self._key}: {what} failed ({exc.code}): {_server_message(exc)}")
+        if isinstance(exc, auth_exceptions.GoogleAuthError):
+            return ProviderError(
+                f"{self._key}: authentication failed ({type(exc).__name__}); {hint}"
+            )
+        if isinstance(exc, RequestException):
+            return ProviderError(
+                f"{self._key}: {what} failed: cannot reach the Compute Engine API"
+                f" ({type(exc).__name__})"
+            )
+        return exc  # a bug of ours or the SDK's: keep its traceback as it is
+
+    def _wait(
+        self, operation: compute_v1.Operation, what: str, *, zonal: bool, gone_ok: bool = False
+    ) -> compute_v1.Operation:
+        """Wait (bounded) for an operation with this instance's own clients. The SDK's
+        ``ExtendedOperation.result()`` polls through a client it builds without our endpoint,
+        so insert/delete are called as ``*_unary`` and waited for here."""
+        from google.cloud import compute_v1
+
+        deadline = time.monotonic() + OPERATION_TIMEOUT_S
+        waits = 0
+        # ``status`` is an enum (Operation.Status), not the string the JSON carries.
+        while operation.status != compute_v1.Operation.Status.DONE:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or waits == MAX_WAITS:
+                log.warning(
+                    "%s: %s still %s after %d waits; the next run will see how it ended",
+                    self._key,
+                    what,
+                    getattr(operation.status, "name", "PENDING"),
+                    waits,
+                )
+                return operation
+            waits += 1
+            operation = self._call(
+                f"{what} (waiting)",
+                functools.partial(self._wait_once, operation.name, remaining, zonal=zonal),
+            )
+        errors = list(operation.error.errors)
+        if errors and not (gone_ok and errors[0].code == "RESOURCE_NOT_FOUND"):
+            first = errors[0]
+            raise ProviderError(
+                f"{self._key}: {what} failed: {first.code}: {_one_line(first.message)}"
+            )
+        return operation
+
+    def _wait_once(self, name: str, timeout: float, *, zonal: bool) -> compute_v1.Operation:
+        if zonal:
+            return self._zone_operations.wait(
+                project=self._project,
+                zone=self._zone,
+                operation=name,
+                retry=None,
+                timeout=timeout,
+            )
+        return self._global_operations.wait(
+            project=self._project, operation=name, retry=None, timeout=timeout
+        )
+
+    # --- small helpers -------------------------------------------------------------------
+
+    def _is_ours(self, labels: Any) -> bool:
+        return bool(labels.get(TAG) == "true" and labels.get(INSTANCE_LABEL) == self._instance)
+
+    def _to_proxy(self, vm: compute_v1.Instance) -> Proxy:
+        if not vm.creation_timestamp:
+            raise ProviderError(f"{self._key}: list failed: {vm.name} has no creationTimestamp")
+        ip = None
+        if vm.network_interfaces and vm.network_interfaces[0].access_configs:
+            ip = vm.network_interfaces[0].access_configs[0].nat_i_p or None
+        return Proxy(id=vm.name, created_at=_parse_time(vm.creation_timestamp), ip=ip)
+
+    def _new_name(self) -> str:
+        # cloudproxy-<instance>-<random>: a valid name (the tag was validated) of <= 63 chars.
+        suffix = secrets.token_hex(_SUFFIX_LEN // 2)
+        return f"{self._tag[: 63 - _SUFFIX_LEN - 1]}-{suffix}"
+
+
+def from_settings(
+    *, instance: str, settings: GcpSettings, proxy: ProxySettings, **kwargs: Any
+) -> GcpProvider:
+    """The adapter for one instance. ``kwargs``: ``sleep`` (a test seam for retry delays)."""
+    if not GCE_NAME.fullmatch(instance_tag(instance)):
+        raise ConfigError(
+            f"gcp/{instance}: the instance name must make {instance_tag(instance)!r} a valid"
+            " Compute Engine name (at most 52 characters, not ending in '-')"
+        )
+    credentials = _credentials(instance, settings)
+    project = settings.project or credentials.project_id
+    if not project:
+        raise ConfigError(
+            f"{env_name(PROVIDER, instance, 'project')}: required for gcp/{instance}"
+            " (the service account key names no project_id)"
+        )
+    return GcpProvider(
+        instance=instance,
+        settings=settings,
+        proxy=proxy,
+        project=project,
+        credentials=credentials,
+        **kwargs,
+    )
+
+
+def _credentials(instance: str, settings: GcpSettings) -> service_account.Credentials:
+    """Service-account credentials from the key's JSON text or its file, never discovered:
+    without one of them, nothing may go looking on a metadata server."""
+    from google.oauth2 import service_account
+
+    # google-auth leaves these two constructors unannotated.
+    from_info = service_account.Credentials.from_service_account_info
+    from_file = service_account.Credentials.from_service_account_file
+    credentials: service_account.Credentials
+    key_var = env_name(PROVIDER, instance, "service_account_key")
+    file_var = env_name(PROVIDER, instance, "sa_json")
+    key, path = settings.service_account_key, settings.sa_json
+    if key is not None and path is not None:
+        raise ConfigError(f"{key_var} and {file_var}: set one of them for gcp/{instance}, not both")
+    if key is not None:
+        try:
+            info = json.loads(key.get_secret_value())
+        except ValueError:
+            raise ConfigError(f"{key_var}: not valid JSON (paste the key file's content)") from None
+        if not isinstance(info, dict):
+            raise ConfigError(f"{key_var}: not a service account key (a JSON object)")
+        try:
+            credentials = from_info(info)  # type: ignore[no-untyped-call]
+        except (ValueError, KeyError) as exc:
+            # The library's messages may quote the key; name only the kind of problem.
+            raise ConfigError(
+                f"{key_var}: not a usable service account key ({type(exc).__name__})"
+            ) from None
+        return credentials
+    if path is not None:
+        try:
+            credentials = from_file(path)  # type: ignore[no-untyped-call]
+        except OSError as exc:
+            raise ConfigError(f"{file_var}: cannot read {path}: {exc.strerror or exc}") from None
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"{file_var}: {path} is not a usable service account key ({type(exc).__name__})"
+            ) from None
+        return credentials
+    raise ConfigError(
+        f"{key_var} or {file_var}: gcp/{instance} needs a service account key"
+        " (its JSON text, or the path of its file)"
+    )
+
+
+def _classify(exc: Exception) -> Retry | None:
+    from google.api_core import exceptions as api_exceptions
+    from requests import ConnectionError as RequestsConnectionError
+    from requests import Timeout
+
+    if isinstance(exc, RequestsConnectionError | Timeout):
+        return Retry()
+    if not isinstance(exc, api_exceptions.GoogleAPICallError):
+        return None
+    code = exc.code or 0
+    rate_limited = code == 403 and bool(RETRIED_REASONS & _reasons(exc))
+    if code == 429 or code >= 500 or rate_limited:
+        response = exc.response
+        header = response.headers.get("Retry-After") if response is not None else None
+        return Retry(parse_retry_after(header))
+    return None
+
+
+def _reasons(exc: Any) -> set[str]:
+    return {str(e.get("reason")) for e in exc.errors if isinstance(e, dict)}
+
+
+def _server_message(exc: Any) -> str:
+    """The API's own message, without the method and URL the SDK puts in front of it."""
+    try:
+        message = exc.response.json()["error"]["message"]
+    except (AttributeError, ValueError, KeyError, TypeError):
+        message = exc.message
+    return _one_line(str(message))[:300]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _parse_time(text: str) -> datetime:
+    # RFC 3339 with an offset (Compute Engine answers in Pacific time), reported in UTC.
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
