@@ -74,15 +74,18 @@ def local_proxies_cleaned_up(directory: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def proxy_py_server(workdir: Path, *, username: str, password: str) -> Iterator[int]:
-    """A plain proxy.py process with basic auth on 127.0.0.1; yields its port.
+def proxy_py_server(
+    workdir: Path, *, username: str, password: str, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[int]:
+    """A plain proxy.py process with basic auth on ``host`` (a loopback address) and ``port``
+    (0: any free one); yields its port.
 
     Independent of LocalProvider, so the prober's tests do not rest on the provider's code.
     Credentials on the command line are fine here: they are throwaway test values.
     """
     port_file = workdir / "proxy.port"
     argv = [
-        *(sys.executable, "-m", "proxy", "--hostname", "127.0.0.1", "--port", "0"),
+        *(sys.executable, "-m", "proxy", "--hostname", host, "--port", str(port)),
         *("--port-file", str(port_file), "--basic-auth", f"{username}:{password}"),
         *("--num-acceptors", "1", "--log-level", "WARNING"),
         *("--data-dir", str(workdir / "proxypy"), "--cache-dir", str(workdir / "cache")),

@@ -1,0 +1,515 @@
+"""DigitalOcean droplets through python-digitalocean, one token and endpoint per instance."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+
+from cloudproxy_cli.adapters.common import (
+    TAG,
+    ProxySettings,
+    Retry,
+    call_with_retries,
+    firewall_name,
+    instance_tag,
+    parse_retry_after,
+)
+from cloudproxy_cli.core.errors import ProviderError
+from cloudproxy_cli.core.model import Proxy
+
+if TYPE_CHECKING:
+    from cloudproxy_cli.config import DigitalOceanSettings
+
+log = logging.getLogger("cloudproxy")
+
+T = TypeVar("T")
+
+PROVIDER = "digitalocean"
+DEFAULT_ENDPOINT = "https://api.digitalocean.com/v2/"
+# python-digitalocean's own variable: it reads it when each API object is made.
+ENDPOINT_ENV = "DIGITALOCEAN_END_POINT"
+PAGE_SIZE = 200  # the API's maximum: one page for any sane pool
+TIMEOUT_S = (10.0, 60.0)  # (connect, read): a hung API must fail the run, not stall it
+_MAX_PAGES = 1000  # a "next" link that never ends is a broken API, not a huge account
+_MAX_MESSAGE = 200
+_IDEMPOTENT = frozenset({"GET", "DELETE"})
+# Created only if missing, and DigitalOcean may answer either for a tag that exists.
+_TAG_EXISTS = frozenset({409, 422})
+
+
+class _HttpError(Exception):
+    """An error answer of the API: its status, Retry-After and DigitalOcean's message."""
+
+    def __init__(self, status: int, message: str, retry_after_s: float | None) -> None:
+        super().__init__(f"HTTP {status}: {message}" if message else f"HTTP {status}")
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class _TransportError(Exception):
+    """The API could not be reached or did not answer in time (no HTTP status)."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def _classify(exc: Exception) -> Retry | None:
+    if isinstance(exc, _HttpError) and (exc.status == 429 or exc.status >= 500):
+        return Retry(exc.retry_after_s)
+    if isinstance(exc, _TransportError) and exc.retryable:
+        return Retry()
+    return None
+
+
+def _request_timeout() -> tuple[float, float]:
+    return TIMEOUT_S
+
+
+def _response_of(tb: TracebackType | None) -> requests.Response | None:
+    """The HTTP response a python-digitalocean error came from, if there was one.
+
+    The library turns an error answer into ``DataReadError(message)`` (or ``JSONReadError``,
+    or an ``IndexError`` when the body lacks an ``id``): status and headers are gone. A
+    session hook cannot see them either, since POSTs go through the module-level
+    ``requests.post``, outside the object's session. The response is still the ``req`` local
+    of the library's ``get_data`` frame, which the traceback keeps.
+    """
+    found = None
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("req")
+        if isinstance(candidate, requests.Response):
+            found = candidate
+        tb = tb.tb_next
+    return found
+
+
+def _api_message(response: requests.Response) -> str:
+    """DigitalOcean's ``{"id": "...", "message": "..."}``; else the reason phrase."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return response.reason or ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Owner:
+    """Which droplets are this instance's: both tags."""
+
+    tag: str
+
+    def owns(self, droplet: dict[str, Any]) -> bool:
+        tags = droplet.get("tags")
+        return isinstance(tags, list) and TAG in tags and self.tag in tags
+
+
+class DigitalOceanProvider:
+    """One DigitalOcean account (API token) and instance name; implements ``Provider``.
+
+    Every droplet it creates carries the tags ``cloudproxy`` and ``cloudproxy-<instance>``
+    from its create request on; it lists, and deletes, only droplets that carry both. The
+    firewall applies to the instance tag, so new droplets are behind it from their first boot.
+    """
+
+    def __init__(
+        self,
+        *,
+        instance: str,
+        token: str | None,
+        token_env: str,
+        endpoint: str,
+        region: str,
+        size: str,
+        image: str,
+        proxy: ProxySettings,
+        sleep: Callable[[float], None] = time.sleep,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self._instance = instance
+        self._token = token
+        self._token_env = token_env
+        # urljoin drops the last path segment of a base without a trailing slash: ".../v2"
+        # would send requests to "/droplets" instead of "/v2/droplets".
+        self._endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
+        self._host = urlsplit(self._endpoint).hostname or "the API"
+        self._region = region
+        self._size = size
+        self._image = image
+        self._proxy = proxy
+        self._sleep = sleep
+        self._page_size = page_size
+        self._owner = _Owner(instance_tag(instance))
+        # Droplets this adapter has seen carrying both tags (listed or created): deleting one
+        # of them needs no ownership read. Droplet ids are never reused.
+        self._owned: set[str] = set()
+        # The library logs every request's parameters at DEBUG, and a create's carry the user
+        # data with the proxy password: none of that may reach a log, whatever the root level.
+        logging.getLogger("digitalocean").setLevel(logging.INFO)
+
+    @property
+    def endpoint(self) -> str:
+        """The API base URL this instance talks to (ends in ``/``)."""
+        return self._endpoint
+
+    @property
+    def _key(self) -> str:
+        return f"{PROVIDER}/{self._instance}"
+
+    # --- Provider ---------------------------------------------------------------------------
+
+    def list_proxies(self) -> list[Proxy]:
+        proxies = []
+        owned = set()
+        params = {"tag_name": self._owner.tag}
+        for droplet in self._pages("droplets", "droplets", "list droplets", params):
+            if not self._owner.owns(droplet):
+                continue  # the tag filter matched, but the other mark is missing
+            proxy = self._to_proxy(droplet)
+            owned.add(proxy.id)
+            proxies.append(proxy)
+        self._owned = owned
+        return proxies
+
+    def create_proxy(self) -> Proxy:
+        import digitalocean
+
+        from cloudproxy_cli.adapters.user_data import render_user_data
+
+        try:
+            user_data = render_user_data(self._proxy)
+        except ValueError as exc:  # its messages never quote the offending value
+            raise ProviderError(f"{self._key}: cannot render the user data: {exc}") from None
+        body = {
+            "name": f"{self._owner.tag}-{secrets.token_hex(4)}",
+            "region": self._region,
+            "size": self._size,
+            "image": self._image,
+            # In the create request itself: a droplet is never, not even briefly, untagged
+            # (and so outside the firewall, and invisible to list).
+            "tags": [TAG, self._owner.tag],
+            "user_data": user_data,
+        }
+        # Droplet.create() keeps only the new id and drops created_at with the rest of the
+        # answer; get_data() returns the answer itself, from the same single POST.
+        manager = digitalocean.Manager(**self._sdk())
+        answer = self._call(
+            "create droplet",
+            "POST",
+            lambda: manager.get_data("droplets/", type="POST", params=body),
+        )
+        droplet = answer.get("droplet") if isinstance(answer, dict) else None
+        if not isinstance(droplet, dict):
+            raise ProviderError(f"{self._key}: create droplet: the answer names no droplet")
+        proxy = self._to_proxy(droplet)
+        self._owned.add(proxy.id)
+        return proxy
+
+    def delete_proxy(self, proxy_id: str) -> None:
+        import digitalocean
+
+        if not proxy_id.isdigit():  # also keeps any other path out of the URL
+            raise ProviderError(f"{self._key}: {proxy_id!r} is not a droplet id")
+        if proxy_id not in self._owned:
+            # Not seen with both tags in this process: read its tags before deleting anything.
+            manager = digitalocean.Manager(**self._sdk())
+            try:
+                answer = self._request(
+                    "read droplet", "GET", lambda: manager.get_data(f"droplets/{proxy_id}")
+                )
+            except _HttpError as exc:
+                if exc.status == 404:
+                    return  # already gone
+                raise self._error("read droplet", exc) from None
+            droplet = answer.get("droplet") if isinstance(answer, dict) else None
+            if not isinstance(droplet, dict) or not self._owner.owns(droplet):
+                # Invisible to this instance, as in list_proxies: nothing of ours to delete.
+                log.warning(
+                    "%s: droplet %s lacks this instance's tags; not deleting it",
+                    self._key,
+                    proxy_id,
+                )
+                return
+        target = digitalocean.Droplet(id=int(proxy_id), **self._sdk())
+        try:
+            self._request("delete droplet", "DELETE", target.destroy)
+        except _HttpError as exc:
+            if exc.status != 404:  # 404: already gone, which is what we wanted
+                raise self._error("delete droplet", exc) from None
+        self._owned.discard(proxy_id)
+
+    def ensure_firewall(self, known_id: str | None) -> str | None:
+        if known_id is not None:
+            # The firewall applies by tag, so no create ever names it: nothing to check here.
+            return known_id
+        import digitalocean
+
+        name = firewall_name(self._instance)
+        for firewall in self._pages("firewalls", "firewalls", "list firewalls"):
+            if firewall.get("name") == name and firewall.get("id"):
+                return str(firewall["id"])
+        # DigitalOcean refuses a firewall naming a tag that does not exist yet; a droplet
+        # create would make it, but the first create of a new account comes after this call.
+        tag = digitalocean.Tag(name=self._owner.tag, **self._sdk())
+        try:
+            self._request("create tag", "POST", tag.create)
+        except _HttpError as exc:
+            if exc.status not in _TAG_EXISTS:
+                raise self._error("create tag", exc) from None
+        firewall = digitalocean.Firewall(
+            name=name,
+            inbound_rules=[
+                digitalocean.InboundRule(
+                    protocol="tcp",
+                    ports=str(self._proxy.port),
+                    sources=digitalocean.Sources(addresses=self._allowed_sources()),
+                )
+            ],
+            outbound_rules=[
+                digitalocean.OutboundRule(
+                    protocol=protocol,
+                    ports="0",  # the API's "every port"
+                    destinations=digitalocean.Destinations(addresses=["0.0.0.0/0", "::/0"]),
+                )
+                for protocol in ("tcp", "udp")
+            ],
+            droplet_ids=[],
+            tags=[self._owner.tag],
+            **self._sdk(),
+        )
+        with warnings.catch_warnings():
+            # The library's jsonpickle call warns that a default changes in jsonpickle 5; it
+            # concerns non-string dict keys, and these rules have none.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._call("create firewall", "POST", firewall.create)
+        if not firewall.id:
+            raise ProviderError(f"{self._key}: create firewall: the answer names no firewall")
+        return str(firewall.id)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _sdk(self) -> dict[str, Any]:
+        """What every python-digitalocean object of this instance is made with.
+
+        The token and endpoint always explicitly: without them the library falls back to
+        ``$DIGITALOCEAN_ACCESS_TOKEN``/``$DIGITALOCEAN_END_POINT``, which name one account for
+        the whole process. The library sets every keyword as an attribute, and asks the
+        ``get_timeout`` one for each request's timeout (else it waits forever unless
+        ``$PYTHON_DIGITALOCEAN_REQUEST_TIMEOUT_SEC`` is set).
+        """
+        return {"token": self._token, "end_point": self._endpoint, "get_timeout": _request_timeout}
+
+    def _allowed_sources(self) -> list[str]:
+        allowed = self._proxy.allowed_ip
+        if allowed is None:
+            return ["0.0.0.0/0", "::/0"]
+        address = ipaddress.ip_address(allowed)
+        return [f"{address}/{address.max_prefixlen}"]
+
+    def _pages(
+        self, path: str, key: str, what: str, params: dict[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every item of a paginated list, one request per page, following ``links.pages.next``.
+
+        Pages are asked for by number, through this instance's endpoint. The library's own
+        pagination (used when no ``page`` is given) reads later pages without checking their
+        status: a failed page 2 silently ends the list early, and a partial inventory would
+        make the engine create proxies that already exist.
+        """
+        import digitalocean
+
+        manager = digitalocean.Manager(**self._sdk())
+        page = 1
+        for _ in range(_MAX_PAGES):
+            query: dict[str, str | int] = {
+                **(params or {}),
+                "per_page": self._page_size,
+                "page": page,
+            }
+            answer = self._call(what, "GET", partial(manager.get_data, path, params=query))
+            items = answer.get(key) if isinstance(answer, dict) else None
+            if not isinstance(items, list):
+                raise ProviderError(f"{self._key}: {what}: the answer has no {key!r} list")
+            yield from (item for item in items if isinstance(item, dict))
+            try:
+                following = _next_page(answer)
+            except ValueError:
+                raise ProviderError(
+                    f"{self._key}: {what}: the API's next-page link names no page"
+                ) from None
+            if following is None:
+                return
+            if following <= page:
+                raise ProviderError(f"{self._key}: {what}: the API's next page goes backwards")
+            page = following
+        raise ProviderError(f"{self._key}: {what}: more than {_MAX_PAGES} pages")
+
+    def _call(self, what: str, method: str, fn: Callable[[], T]) -> T:
+        """``_request``, with every error answer turned into a one-line ``ProviderError``."""
+        try:
+            return self._request(what, method, fn)
+        except _HttpError as exc:
+            raise self._error(what, exc) from None
+
+    def _request(self, what: str, method: str, fn: Callable[[], T]) -> T:
+        """One SDK call, retried on 429/5xx (honouring Retry-After).
+
+        Raises ``_HttpError`` for an error answer other than 401/403, ``ProviderError`` for
+        everything else. Messages carry what the API or library said only scrubbed of secrets,
+        and never chain the library's exception, which may hold the request.
+        """
+        if not self._token:
+            raise ProviderError(f"{self._key}: no access token; set {self._token_env}")
+
+        def once() -> T:
+            try:
+                return fn()
+            except requests.RequestException as exc:
+                # requests' own messages quote the URL and more; a short one of ours suffices.
+                retryable = method in _IDEMPOTENT or isinstance(exc, requests.ConnectTimeout)
+                raise _TransportError(
+                    f"cannot reach {self._host} ({type(exc).__name__})", retryable=retryable
+                ) from None
+            # The library raises DataReadError, JSONReadError, NotFoundError, even IndexError.
+            except Exception as exc:  # noqa: BLE001 - what it is depends on the response only
+                response = _response_of(exc.__traceback__)
+                if response is not None and response.status_code >= 400:
+                    raise _HttpError(
+                        response.status_code,
+                        self._scrub(_api_message(response)),
+                        parse_retry_after(response.headers.get("Retry-After")),
+                    ) from None
+                raise ProviderError(
+                    f"{self._key}: {what} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
+                ) from None
+
+        try:
+            return call_with_retries(
+                once, what=f"{self._key}: {what}", classify=_classify, sleep=self._sleep
+            )
+        except _HttpError as exc:
+            if exc.status in (401, 403):
+                raise self._error(what, exc) from None
+            raise
+        except _TransportError as exc:
+            raise ProviderError(f"{self._key}: {what} failed: {exc}") from None
+
+    def _error(self, what: str, exc: _HttpError) -> ProviderError:
+        if exc.status == 401:
+            return ProviderError(
+                f"{self._key}: authentication failed (401); check {self._token_env}"
+            )
+        if exc.status == 403:
+            return ProviderError(
+                f"{self._key}: permission denied (403) for {what}; check that "
+                f"{self._token_env} has the droplet, firewall and tag scopes"
+            )
+        return ProviderError(f"{self._key}: {what} failed: {exc}")
+
+    def _scrub(self, text: str) -> str:
+        """One short line without any secret, whatever the API or library chose to echo."""
+        line = " ".join(text.split())[:_MAX_MESSAGE]
+        for secret in (self._token, self._proxy.password):
+            if secret:
+                line = line.replace(secret, "***")
+        return line
+
+    def _to_proxy(self, droplet: dict[str, Any]) -> Proxy:
+        if not str(droplet.get("id") or "").isdigit():
+            raise ProviderError(f"{self._key}: the API listed a droplet without a valid id")
+        return Proxy(
+            id=str(droplet["id"]),
+            created_at=self._created_at(droplet),
+            ip=_public_ipv4(droplet),
+        )
+
+    def _created_at(self, droplet: dict[str, Any]) -> datetime:
+        text = droplet.get("created_at")
+        try:
+            when = datetime.fromisoformat(str(text))  # "2026-01-01T00:00:00Z"
+        except ValueError:
+            raise ProviderError(
+                f"{self._key}: droplet {droplet.get('id')} has no valid created_at"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.astimezone(UTC)
+
+
+def _public_ipv4(droplet: dict[str, Any]) -> str | None:
+    """The droplet's public IPv4 from ``networks.v4``; ``None`` while it has none."""
+    networks = droplet.get("networks")
+    v4 = networks.get("v4") if isinstance(networks, dict) else None
+    for net in v4 if isinstance(v4, list) else []:
+        if not isinstance(net, dict) or net.get("type") != "public":
+            continue
+        try:
+            address = ipaddress.IPv4Address(str(net.get("ip_address")))
+        except ValueError:
+            continue
+        if not address.is_unspecified:
+            return str(address)
+    return None
+
+
+def _next_page(answer: dict[str, Any]) -> int | None:
+    """The page number ``links.pages.next`` names; ``None`` on the last page.
+
+    Only the number is taken from the link, never its host: the next request goes to this
+    instance's endpoint like the first (``ValueError`` if the link names no page)."""
+    links = answer.get("links")
+    pages = links.get("pages") if isinstance(links, dict) else None
+    following = pages.get("next") if isinstance(pages, dict) else None
+    if not following:
+        return None
+    numbers = parse_qs(urlsplit(str(following)).query).get("page", [])
+    if len(numbers) != 1 or not numbers[0].isdigit():
+        raise ValueError(following)
+    return int(numbers[0])
+
+
+def from_settings(
+    *,
+    instance: str,
+    settings: DigitalOceanSettings,
+    proxy: ProxySettings,
+    sleep: Callable[[float], None] = time.sleep,
+    page_size: int = PAGE_SIZE,
+) -> DigitalOceanProvider:
+    """The adapter for one ``[providers.digitalocean.<instance>]``.
+
+    Endpoint: ``api_endpoint``, else ``$DIGITALOCEAN_END_POINT`` (python-digitalocean's own
+    variable), else the real API. ``sleep`` and ``page_size`` are test seams.
+    """
+    from cloudproxy_cli.config import env_name
+
+    # A token pasted with its newline would make an invalid header, reported as unreachable.
+    token = settings.access_token.get_secret_value().strip() if settings.access_token else None
+    endpoint = settings.api_endpoint or os.environ.get(ENDPOINT_ENV, "").strip() or DEFAULT_ENDPOINT
+    return DigitalOceanProvider(
+        instance=instance,
+        token=token,
+        token_env=env_name(PROVIDER, instance, "access_token"),
+        endpoint=endpoint,
+        region=settings.region,
+        size=settings.size,
+        image=settings.image,
+        proxy=proxy,
+        sleep=sleep,
+        page_size=page_size,
+    )
