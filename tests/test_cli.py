@@ -366,3 +366,37 @@ def test_cloud_provider_without_health_check_url_is_a_configuration_error(cli: C
     assert result.returncode == 4
     line = one_line_error(result)
     assert "HEALTH_CHECK_URL" in line and "t0ken" not in line
+
+
+def test_a_digitalocean_only_reconcile_imports_no_other_sdk(cli: Cli, tmp_path: Path) -> None:
+    from tests.standins.digitalocean import make_standin
+
+    standin = make_standin(tmp_path)
+    code = (
+        "import sys\n"
+        "from cloudproxy_cli.cli.app import run\n"
+        "rc = run(['reconcile', '--json'])\n"
+        "others = ('google.cloud', 'boto3', 'botocore', 'hcloud')\n"
+        "bad = sorted({m.split('.')[0] + ('.cloud' if m.startswith('google.cloud') else '')\n"
+        "              for m in sys.modules if m.startswith(others)})\n"
+        "print('IMPORTED', bad, 'digitalocean' in sys.modules, rc, file=sys.stderr)\n"
+    )
+    env = {
+        **cli.env,
+        **CREDS,
+        "DIGITALOCEAN_ENABLED": "True",
+        "DIGITALOCEAN_ACCESS_TOKEN": standin.tokens[0],
+        "DIGITALOCEAN_API_ENDPOINT": standin.endpoint,
+        "DIGITALOCEAN_MIN_SCALING": "1",
+        "HEALTH_CHECK_URL": "http://127.0.0.1:9/",
+    }
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env, cwd=cli.root / "work", capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+    finally:
+        standin.close()
+    assert "IMPORTED [] True 0" in result.stderr, result.stderr
+    assert standin.requests().count("create") == 1
