@@ -6,7 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cloudproxy_cli.adapters.common import Retry, call_with_retries, parse_retry_after
+from cloudproxy_cli.adapters.common import (
+    Retry,
+    call_with_retries,
+    one_line,
+    parse_retry_after,
+    utc_datetime,
+)
 
 
 class Transient(Exception):
@@ -76,3 +82,20 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now=now) == 0.0
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
+
+
+def test_one_line_removes_secrets_before_cutting() -> None:
+    secret = "tok-1234567890"
+    text = "x" * 195 + secret + "\n tail"
+    line = one_line(text, (secret, None))
+    assert "\n" not in line and len(line) <= 200
+    assert "tok-" not in line, "a secret cut in half must not leak its start"
+    assert one_line("a\n  b", ()) == "a b"
+
+
+def test_utc_datetime() -> None:
+    assert utc_datetime("2026-01-01T01:00:00+01:00") == datetime(2026, 1, 1, tzinfo=UTC)
+    assert utc_datetime("2026-01-01T00:00:00Z").tzinfo == UTC
+    assert utc_datetime("2026-01-01T00:00:00") == datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="Invalid isoformat"):
+        utc_datetime(None)

@@ -19,6 +19,7 @@ from cloudproxy_cli.adapters.common import (
     Retry,
     call_with_retries,
     firewall_name,
+    one_line,
     parse_retry_after,
 )
 from cloudproxy_cli.core.errors import ConfigError, FirewallMissingError, ProviderError
@@ -42,7 +43,6 @@ PAGE_SIZE = 1000  # DescribeInstances allows 5..1000 per page
 LISTED_STATES = ("pending", "running", "stopping", "stopped")
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
-_MAX_MESSAGE = 200
 _MAX_PAGES = 1000  # a NextToken that never ends is a broken API, not a huge account
 
 _AUTH_CODES = frozenset(
@@ -410,10 +410,7 @@ class AwsProvider:
         )
 
     def _oneline(self, text: str) -> str:
-        text = " ".join(text.split())
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+        return one_line(text, self._secrets)
 
 
 def _quiet_sdk_logs() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -40,6 +40,59 @@ class ProxySettings:
     username: str | None
     password: str | None
     allowed_ip: str | None = None
+
+
+MAX_MESSAGE = 200  # characters of an API's own error text kept in our one-line messages
+
+
+def one_line(text: str, secrets: Iterable[str | None] = (), limit: int = MAX_MESSAGE) -> str:
+    """``text`` as one short line with every secret replaced by ``***``.
+
+    Secrets go before the cut: a secret cut in half would slip past the replacement.
+    """
+    line = " ".join(str(text).split())
+    for secret in secrets:
+        if secret:
+            line = line.replace(secret, "***")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def utc_datetime(text: object) -> datetime:
+    """An API's ISO 8601 timestamp as an aware UTC datetime (naive means UTC).
+
+    Raises ``ValueError`` for anything that is not one."""
+    when = datetime.fromisoformat(str(text))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+class HttpError(Exception):
+    """An error answer of a REST API: its status, Retry-After and the API's own message."""
+
+    def __init__(self, status: int, message: str, retry_after_s: float | None) -> None:
+        super().__init__(f"HTTP {status}: {message}" if message else f"HTTP {status}")
+        self.status = status
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class TransportError(Exception):
+    """The API could not be reached or did not answer in time (no HTTP status)."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def classify_http(exc: Exception) -> Retry | None:
+    """429 and 5xx are worth retrying (after Retry-After); so is a transport error that could
+    not have reached the server twice."""
+    if isinstance(exc, HttpError) and (exc.status == 429 or exc.status >= 500):
+        return Retry(exc.retry_after_s)
+    if isinstance(exc, TransportError) and exc.retryable:
+        return Retry()
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,12 +20,16 @@ import requests
 
 from cloudproxy_cli.adapters.common import (
     TAG,
+    HttpError,
     ProxySettings,
-    Retry,
+    TransportError,
     call_with_retries,
+    classify_http,
     firewall_name,
     instance_tag,
+    one_line,
     parse_retry_after,
+    utc_datetime,
 )
 from cloudproxy_cli.core.errors import ProviderError
 from cloudproxy_cli.core.model import Proxy
@@ -44,35 +48,9 @@ ENDPOINT_ENV = "DIGITALOCEAN_END_POINT"
 PAGE_SIZE = 200  # the API's maximum: one page for any sane pool
 TIMEOUT_S = (10.0, 60.0)  # (connect, read): a hung API must fail the run, not stall it
 _MAX_PAGES = 1000  # a "next" link that never ends is a broken API, not a huge account
-_MAX_MESSAGE = 200
 _IDEMPOTENT = frozenset({"GET", "DELETE"})
 # Created only if missing, and DigitalOcean may answer either for a tag that exists.
 _TAG_EXISTS = frozenset({409, 422})
-
-
-class _HttpError(Exception):
-    """An error answer of the API: its status, Retry-After and DigitalOcean's message."""
-
-    def __init__(self, status: int, message: str, retry_after_s: float | None) -> None:
-        super().__init__(f"HTTP {status}: {message}" if message else f"HTTP {status}")
-        self.status = status
-        self.retry_after_s = retry_after_s
-
-
-class _TransportError(Exception):
-    """The API could not be reached or did not answer in time (no HTTP status)."""
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-def _classify(exc: Exception) -> Retry | None:
-    if isinstance(exc, _HttpError) and (exc.status == 429 or exc.status >= 500):
-        return Retry(exc.retry_after_s)
-    if isinstance(exc, _TransportError) and exc.retryable:
-        return Retry()
-    return None
 
 
 def _request_timeout() -> tuple[float, float]:
@@ -232,7 +210,7 @@ class DigitalOceanProvider:
                 answer = self._request(
                     "read droplet", "GET", lambda: manager.get_data(f"droplets/{proxy_id}")
                 )
-            except _HttpError as exc:
+            except HttpError as exc:
                 if exc.status == 404:
                     return  # already gone
                 raise self._error("read droplet", exc) from None
@@ -248,7 +226,7 @@ class DigitalOceanProvider:
         target = digitalocean.Droplet(id=int(proxy_id), **self._sdk())
         try:
             self._request("delete droplet", "DELETE", target.destroy)
-        except _HttpError as exc:
+        except HttpError as exc:
             if exc.status != 404:  # 404: already gone, which is what we wanted
                 raise self._error("delete droplet", exc) from None
         self._owned.discard(proxy_id)
@@ -268,7 +246,7 @@ class DigitalOceanProvider:
         tag = digitalocean.Tag(name=self._owner.tag, **self._sdk())
         try:
             self._request("create tag", "POST", tag.create)
-        except _HttpError as exc:
+        except HttpError as exc:
             if exc.status not in _TAG_EXISTS:
                 raise self._error("create tag", exc) from None
         firewall = digitalocean.Firewall(
@@ -363,13 +341,13 @@ class DigitalOceanProvider:
         """``_request``, with every error answer turned into a one-line ``ProviderError``."""
         try:
             return self._request(what, method, fn)
-        except _HttpError as exc:
+        except HttpError as exc:
             raise self._error(what, exc) from None
 
     def _request(self, what: str, method: str, fn: Callable[[], T]) -> T:
         """One SDK call, retried on 429/5xx (honouring Retry-After).
 
-        Raises ``_HttpError`` for an error answer other than 401/403, ``ProviderError`` for
+        Raises ``HttpError`` for an error answer other than 401/403, ``ProviderError`` for
         everything else. Messages carry what the API or library said only scrubbed of secrets,
         and never chain the library's exception, which may hold the request.
         """
@@ -382,14 +360,14 @@ class DigitalOceanProvider:
             except requests.RequestException as exc:
                 # requests' own messages quote the URL and more; a short one of ours suffices.
                 retryable = method in _IDEMPOTENT or isinstance(exc, requests.ConnectTimeout)
-                raise _TransportError(
+                raise TransportError(
                     f"cannot reach {self._host} ({type(exc).__name__})", retryable=retryable
                 ) from None
             # The library raises DataReadError, JSONReadError, NotFoundError, even IndexError.
             except Exception as exc:  # noqa: BLE001 - what it is depends on the response only
                 response = _response_of(exc.__traceback__)
                 if response is not None and response.status_code >= 400:
-                    raise _HttpError(
+                    raise HttpError(
                         response.status_code,
                         self._scrub(_api_message(response)),
                         parse_retry_after(response.headers.get("Retry-After")),
@@ -400,16 +378,16 @@ class DigitalOceanProvider:
 
         try:
             return call_with_retries(
-                once, what=f"{self._key}: {what}", classify=_classify, sleep=self._sleep
+                once, what=f"{self._key}: {what}", classify=classify_http, sleep=self._sleep
             )
-        except _HttpError as exc:
+        except HttpError as exc:
             if exc.status in (401, 403):
                 raise self._error(what, exc) from None
             raise
-        except _TransportError as exc:
+        except TransportError as exc:
             raise ProviderError(f"{self._key}: {what} failed: {exc}") from None
 
-    def _error(self, what: str, exc: _HttpError) -> ProviderError:
+    def _error(self, what: str, exc: HttpError) -> ProviderError:
         if exc.status == 401:
             return ProviderError(
                 f"{self._key}: authentication failed (401); check {self._token_env}"
@@ -423,11 +401,7 @@ class DigitalOceanProvider:
 
     def _scrub(self, text: str) -> str:
         """One short line without any secret, whatever the API or library chose to echo."""
-        line = " ".join(text.split())[:_MAX_MESSAGE]
-        for secret in (self._token, self._proxy.password):
-            if secret:
-                line = line.replace(secret, "***")
-        return line
+        return one_line(text, (self._token, self._proxy.password))
 
     def _to_proxy(self, droplet: dict[str, Any]) -> Proxy:
         if not str(droplet.get("id") or "").isdigit():
@@ -439,16 +413,12 @@ class DigitalOceanProvider:
         )
 
     def _created_at(self, droplet: dict[str, Any]) -> datetime:
-        text = droplet.get("created_at")
         try:
-            when = datetime.fromisoformat(str(text))  # "2026-01-01T00:00:00Z"
+            return utc_datetime(droplet.get("created_at"))  # "2026-01-01T00:00:00Z"
         except ValueError:
             raise ProviderError(
                 f"{self._key}: droplet {droplet.get('id')} has no valid created_at"
             ) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return when.astimezone(UTC)
 
 
 def _public_ipv4(droplet: dict[str, Any]) -> str | None:

@@ -22,6 +22,7 @@ from cloudproxy_cli.adapters.common import (
     firewall_name,
     instance_tag,
     parse_retry_after,
+    utc_datetime,
 )
 from cloudproxy_cli.config import GcpSettings, env_name
 from cloudproxy_cli.core.errors import ConfigError, ProviderError
@@ -502,7 +503,4 @@ def _one_line(text: str) -> str:
 
 def _parse_time(text: str) -> datetime:
     # RFC 3339 with an offset (Compute Engine answers in Pacific time), reported in UTC.
-    when = datetime.fromisoformat(text)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC)
+    return utc_datetime(text)

@@ -32,6 +32,7 @@ from cloudproxy_cli.adapters.common import (
     Retry,
     call_with_retries,
     firewall_name,
+    one_line,
     parse_retry_after,
 )
 from cloudproxy_cli.core.errors import ProviderError
@@ -70,7 +71,6 @@ _FORBIDDEN_CODES = frozenset({"forbidden", "token_readonly"})
 # answers there yet (the disk is still being written, cloud-init has not run): reporting it
 # would only buy failing probes and an address in `cloudproxy proxies` that serves nothing.
 _NOT_BOOTED = frozenset({"initializing"})
-_MAX_MESSAGE = 200
 
 
 class HetznerProvider:
@@ -354,11 +354,7 @@ class HetznerProvider:
         return ProviderError(f"{self._key}: {what} failed ({shown}): {self._scrub(exc.message)}")
 
     def _scrub(self, text: str) -> str:
-        text = " ".join(str(text).split())[:_MAX_MESSAGE]
-        for secret in (self._token, self._proxy.password):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return one_line(text, (self._token, self._proxy.password))
 
 
 def _or_none(fn: Callable[[], T]) -> T | None:

@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
@@ -18,12 +18,16 @@ import requests
 
 from cloudproxy_cli.adapters.common import (
     TAG,
+    HttpError,
     ProxySettings,
-    Retry,
+    TransportError,
     call_with_retries,
+    classify_http,
     firewall_name,
     instance_tag,
+    one_line,
     parse_retry_after,
+    utc_datetime,
 )
 from cloudproxy_cli.core.errors import FirewallMissingError, ProviderError
 from cloudproxy_cli.core.model import Proxy
@@ -41,34 +45,7 @@ TIMEOUT_S = (10.0, 60.0)  # (connect, read): a hung API must fail the run, not s
 # Vultr reports this (or nothing) as main_ip until the instance has its address.
 _NO_ADDRESS = frozenset({"", "0.0.0.0"})  # noqa: S104 - compared with, never bound
 _MAX_PAGES = 1000  # a cursor that never ends is a broken API, not a huge account
-_MAX_MESSAGE = 200
 _IDEMPOTENT = frozenset({"GET", "DELETE"})
-
-
-class _HttpError(Exception):
-    """An error answer of the API: its status, Retry-After and Vultr's own one-line message."""
-
-    def __init__(self, status: int, message: str, retry_after_s: float | None) -> None:
-        super().__init__(f"HTTP {status}: {message}" if message else f"HTTP {status}")
-        self.status = status
-        self.message = message
-        self.retry_after_s = retry_after_s
-
-
-class _TransportError(Exception):
-    """The API could not be reached or did not answer in time (no HTTP status)."""
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-def _classify(exc: Exception) -> Retry | None:
-    if isinstance(exc, _HttpError) and (exc.status == 429 or exc.status >= 500):
-        return Retry(exc.retry_after_s)
-    if isinstance(exc, _TransportError) and exc.retryable:
-        return Retry()
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +150,7 @@ class VultrProvider:
             body["firewall_group_id"] = self._firewall_id
         try:
             answer = self._request(_Call("POST", "/instances", "create instance", body=body))
-        except _HttpError as exc:
+        except HttpError as exc:
             if self._firewall_id is not None and _names_firewall(exc):
                 self._firewall_missing = self._firewall_id
                 raise FirewallMissingError(
@@ -194,7 +171,7 @@ class VultrProvider:
             # Not seen with both tags: read its tags before deleting anything.
             try:
                 answer = self._request(_Call("GET", path, "read instance"))
-            except _HttpError as exc:
+            except HttpError as exc:
                 if exc.status == 404:
                     return  # already gone
                 raise self._error("read instance", exc) from None
@@ -208,7 +185,7 @@ class VultrProvider:
                 return
         try:
             self._request(_Call("DELETE", path, "delete instance"))
-        except _HttpError as exc:
+        except HttpError as exc:
             if exc.status != 404:
                 raise self._error("delete instance", exc) from None
         self._owned.discard(proxy_id)
@@ -304,13 +281,13 @@ class VultrProvider:
         """``_request``, with every error answer turned into a one-line ``ProviderError``."""
         try:
             return self._request(call)
-        except _HttpError as exc:
+        except HttpError as exc:
             raise self._error(call.what, exc) from None
 
     def _request(self, call: _Call) -> Any:
         """One API call, retried on 429/5xx; the decoded JSON body (``None`` when empty).
 
-        Raises ``_HttpError`` for an error answer, ``ProviderError`` when unreachable.
+        Raises ``HttpError`` for an error answer, ``ProviderError`` when unreachable.
         """
         if self._token is None:
             raise ProviderError(f"{self._key}: no API token; set {self._token_env}")
@@ -324,11 +301,11 @@ class VultrProvider:
             except requests.RequestException as exc:
                 # requests' own messages quote the URL and more; a short one of ours suffices.
                 retryable = call.method in _IDEMPOTENT or isinstance(exc, requests.ConnectTimeout)
-                raise _TransportError(
+                raise TransportError(
                     f"cannot reach {self._host} ({type(exc).__name__})", retryable=retryable
                 ) from None
             if response.status_code >= 400:
-                raise _HttpError(
+                raise HttpError(
                     response.status_code,
                     self._scrub(_error_message(response)),
                     parse_retry_after(response.headers.get("Retry-After")),
@@ -337,13 +314,13 @@ class VultrProvider:
 
         try:
             response = call_with_retries(
-                once, what=f"{self._key}: {call.what}", classify=_classify, sleep=self._sleep
+                once, what=f"{self._key}: {call.what}", classify=classify_http, sleep=self._sleep
             )
-        except _HttpError as exc:
+        except HttpError as exc:
             if exc.status in (401, 403):
                 raise self._error(call.what, exc) from None
             raise
-        except _TransportError as exc:
+        except TransportError as exc:
             raise ProviderError(f"{self._key}: {call.what} failed: {exc}") from None
         if not response.content:
             return None
@@ -352,7 +329,7 @@ class VultrProvider:
         except ValueError:
             raise ProviderError(f"{self._key}: {call.what}: the answer is not JSON") from None
 
-    def _error(self, what: str, exc: _HttpError) -> ProviderError:
+    def _error(self, what: str, exc: HttpError) -> ProviderError:
         if exc.status in (401, 403):
             hint = f"check {self._token_env}"
             if exc.status == 403:
@@ -362,12 +339,7 @@ class VultrProvider:
 
     def _scrub(self, text: str) -> str:
         """One short line without a secret, whatever the API chose to echo."""
-        line = " ".join(text.split())
-        # Before truncating: a cut secret would slip past the replacement.
-        for secret in (self._token, self._proxy.password):
-            if secret:
-                line = line.replace(secret, "***")
-        return line[:_MAX_MESSAGE]
+        return one_line(text, (self._token, self._proxy.password))
 
     def _to_proxy(self, item: dict[str, Any]) -> Proxy:
         ip = item.get("main_ip")
@@ -378,16 +350,12 @@ class VultrProvider:
         )
 
     def _created_at(self, item: dict[str, Any]) -> datetime:
-        text = item.get("date_created")
         try:
-            when = datetime.fromisoformat(str(text))
+            return utc_datetime(item.get("date_created"))
         except ValueError:
             raise ProviderError(
                 f"{self._key}: instance {item.get('id')} has no valid date_created"
             ) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return when.astimezone(UTC)
 
 
 def _is_ours(item: dict[str, Any], tag: str) -> bool:
@@ -395,7 +363,7 @@ def _is_ours(item: dict[str, Any], tag: str) -> bool:
     return isinstance(tags, list) and TAG in tags and tag in tags
 
 
-def _names_firewall(exc: _HttpError) -> bool:
+def _names_firewall(exc: HttpError) -> bool:
     """Whether a failed create blamed the firewall group (Vultr: 400/404 naming it)."""
     return exc.status in (400, 404) and "firewall" in exc.message.lower()
 
