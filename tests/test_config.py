@@ -608,3 +608,16 @@ def test_example_file_commented_sections_are_valid(tmp_path: Path) -> None:
     assert s.providers["digitalocean"]["secondaccount"].enabled is True
     assert s.providers["digitalocean"]["default"].min_scaling == 5
     assert s.health_check_url == "https://example.com/"
+
+
+@pytest.mark.parametrize("name", ["eu-", "-eu", "a" * 41, "EU_X"])
+def test_instance_names_that_clouds_would_refuse_are_rejected(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / "c.toml", f'[providers.local."{name}"]\nenabled = true\n')
+    with pytest.raises(ConfigError, match="instance names"):
+        load({}, path)
+
+
+def test_host_ip_with_a_zone_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="HOST_IP"):
+        load({"HOST_IP": "fe80::1%$(reboot)"})
+    assert load({"HOST_IP": "2001:db8::1"}).settings.host_ip == "2001:db8::1"

@@ -38,7 +38,9 @@ DEFAULT_INSTANCE = "default"
 MASKED = "********"
 UNSET = "(unset)"
 
-_INSTANCE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+# Instance names end up in cloud names, tags and labels: GCE names and Hetzner labels must end
+# in a letter or digit, and `cloudproxy-<instance>-<8 hex>` must fit GCE's 63 characters.
+_INSTANCE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
 _FLAG_TRUE = frozenset({"true", "1", "yes"})
 _FLAG_FALSE = frozenset({"false", "0", "no"})
 _MAX_SHOWN_INPUT = 60
@@ -129,7 +131,11 @@ OptionalHttpUrl = Annotated[
 
 
 def _ip_address(value: str) -> str:
-    return str(ipaddress.ip_address(value.strip()))
+    address = ipaddress.ip_address(value.strip())
+    # ipaddress takes any text after '%' as an IPv6 zone; a zone means nothing to a firewall.
+    if getattr(address, "scope_id", None):
+        raise ValueError("must be a plain IP address (no %zone)")
+    return str(address)
 
 
 OptionalIp = Annotated[
@@ -267,7 +273,7 @@ class Settings(BaseSettings):
         _Expect("a positive whole number of seconds"),
     ] = 600
     only_host_ip: Flag = False
-    host_ip: OptionalIp = None  # with ONLY_HOST_IP: this host's public IP (found out if unset)
+    host_ip: OptionalIp = None  # this host's public IP: required with ONLY_HOST_IP
     allow_open_proxy: Flag = False
     providers: dict[str, dict[str, InstanceSettings]] = Field(default_factory=dict)
 
@@ -522,7 +528,10 @@ def _read_file(
                 fail(where, f"expected a table [{where}]; {hint}")
                 continue
             if not _INSTANCE_NAME.fullmatch(name):
-                fail(where, "instance names use only a-z, 0-9 and '-' (not first)")
+                fail(
+                    where,
+                    "instance names use a-z, 0-9 and '-' (not first or last), 40 at most",
+                )
                 continue
             values = raw.instances.setdefault((provider, name), {})
             for key, value in table.items():
