@@ -11,7 +11,6 @@ import re
 import secrets
 import threading
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +37,13 @@ from cloudproxy_cli.adapters.aws import UBUNTU_OWNER, AwsProvider, from_settings
 from cloudproxy_cli.adapters.common import ProxySettings
 from cloudproxy_cli.config import AwsSettings
 from tests.standins.base import Kind
+from tests.standins.http import (
+    Failure,
+    FailureQueue,
+    LoopbackServer,
+    RequestLog,
+    retry_after_header,
+)
 
 REGION = "us-east-1"
 PROXY_USER = "proxyuser"
@@ -164,10 +170,14 @@ class SpotRequest:
     state: str = "active"
 
 
-@dataclass
-class _Failure:
-    status: int
-    retry_after: int | None
+@dataclass(frozen=True)
+class _Request:
+    """One request as the gate saw it (never its credentials)."""
+
+    kind: Kind
+    action: str
+    params: dict[str, str]  # its query parameters, as sent
+    session_token: str | None  # its X-Amz-Security-Token
 
 
 @dataclass
@@ -200,28 +210,20 @@ class AwsStandIn:
 
     def __init__(self) -> None:
         self.accounts = {"a": _new_account_id(), "b": _new_account_id()}
-        self.sent: list[dict[str, str]] = []  # the parameters of every request, as sent
-        self.actions: list[str] = []  # the action of every request
-        self.session_tokens: list[str | None] = []  # X-Amz-Security-Token of every request
         self.sleeps: list[float] = []  # what adapters' retries waited (they never really sleep)
         self.spot_requests: dict[str, SpotRequest] = {}
         self._keys: dict[str, Key] = {}  # by key id
         self._issued: dict[tuple[str, str], Key] = {}  # by (account, instance)
         self._ready: set[str] = set()  # accounts whose moto backend is set up
-        self._log: list[Kind] = []
-        self._failures: dict[Kind, deque[_Failure | None]] = {}
+        self._log: RequestLog[_Request] = RequestLog()
+        self._failures: FailureQueue[Failure] = FailureQueue()
         self._lock = threading.RLock()
         self._addresses = itertools.count(1)
         self._moto = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server(
-            "127.0.0.1", 0, self._serve, threaded=True, request_handler=_QuietHandler
+        self._server = LoopbackServer(
+            make_server("127.0.0.1", 0, self._serve, threaded=True, request_handler=_QuietHandler)
         )
-        self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
-        # A short poll interval: shutdown() waits for it, and every test closes a stand-in.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
+        self.endpoint = self._server.url
 
     # --- credentials and adapters -----------------------------------------------------------
 
@@ -395,10 +397,24 @@ class AwsStandIn:
     # --- requests ---------------------------------------------------------------------------
 
     @property
+    def sent(self) -> list[dict[str, str]]:
+        """The parameters of every request, as sent."""
+        return [r.params for r in self._log.entries()]
+
+    @property
+    def actions(self) -> list[str]:
+        """The action of every request."""
+        return [r.action for r in self._log.entries()]
+
+    @property
+    def session_tokens(self) -> list[str | None]:
+        """The X-Amz-Security-Token of every request."""
+        return [r.session_token for r in self._log.entries()]
+
+    @property
     def creates(self) -> list[dict[str, str]]:
         """The parameters of every RunInstances sent (retries included)."""
-        with self._lock:
-            return [p for p in self.sent if p.get("Action") == "RunInstances"]
+        return [p for p in self.sent if p.get("Action") == "RunInstances"]
 
     def fail_next(
         self,
@@ -410,25 +426,16 @@ class AwsStandIn:
         skip: int = 0,
     ) -> None:
         """As ``StandIn.fail_next``; ``skip``: serve that many requests of ``kind`` first."""
-        with self._lock:
-            queue = self._failures.setdefault(kind, deque())
-            queue.extend([None] * skip + [_Failure(status, retry_after)] * times)
+        self._failures.add(kind, Failure(status, retry_after), times=times, skip=skip)
 
     def requests(self) -> list[Kind]:
-        with self._lock:
-            return list(self._log)
+        return self._log.kinds()
 
     def reset_requests(self) -> None:
-        with self._lock:
-            self._log.clear()
-            self.actions.clear()
-            self.sent.clear()
-            self.session_tokens.clear()
+        self._log.clear()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._server.close()
         for account in self._ready:  # moto's backends outlive us: free this stand-in's accounts
             ec2_backends.pop(account, None)
 
@@ -441,13 +448,9 @@ class AwsStandIn:
         action = params.get("Action", "")
         kind = classify(action, params)
         key = self._signed_by(environ, body)
-        with self._lock:
-            self._log.append(kind)
-            self.actions.append(action)
-            self.sent.append(params)
-            self.session_tokens.append(environ.get("HTTP_X_AMZ_SECURITY_TOKEN"))
-            queue = self._failures.get(kind) if key is not None else None
-            failure = queue.popleft() if queue else None
+        self._log.add(_Request(kind, action, params, environ.get("HTTP_X_AMZ_SECURITY_TOKEN")))
+        # An unsigned request is refused before it can take an injected failure.
+        failure = self._failures.take(kind) if key is not None else None
         if key is None:
             return _error(
                 start_response,
@@ -626,8 +629,7 @@ def _error(
         f"<Message>{escape(message)}</Message></Error></Errors>"
         f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
     ).encode()
-    extra = [] if retry_after is None else [("Retry-After", str(retry_after))]
-    return _answer(start_response, status, body, extra)
+    return _answer(start_response, status, body, retry_after_header(retry_after).items())
 
 
 def make_standin(tmp_path: Path) -> AwsStandIn:

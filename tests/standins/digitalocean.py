@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import json
 import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -22,6 +20,16 @@ from cloudproxy_cli.adapters.common import ProxySettings
 from cloudproxy_cli.adapters.digitalocean import DigitalOceanProvider, from_settings
 from cloudproxy_cli.config import DigitalOceanSettings
 from tests.standins.base import Kind
+from tests.standins.http import (
+    Failure,
+    FailureQueue,
+    JsonHandler,
+    RequestLog,
+    Served,
+    parse_json_object,
+    retry_after_header,
+    serve,
+)
 
 # One token per account: a request is served from the account its bearer token names.
 TOKENS = ("dop_v1_standin_account_a_5e0c2f9b71", "dop_v1_standin_account_b_93d1a7c4e8")
@@ -73,10 +81,8 @@ class Answer:
 
 
 @dataclass(frozen=True)
-class _Failure:
-    status: int
-    retry_after: int | None
-    html: bool
+class _Failure(Failure):
+    html: bool = False  # a load balancer's HTML page instead of the API's JSON error
 
 
 @dataclass
@@ -99,15 +105,6 @@ class Account:
     droplets: dict[int, Droplet] = field(default_factory=dict)  # in creation order
     firewalls: dict[str, dict[str, Any]] = field(default_factory=dict)
     tags: set[str] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class Served:
-    """One request as the stand-in saw it (never its credentials)."""
-
-    kind: Kind
-    method: str
-    path: str
 
 
 def classify(method: str, path: str) -> Kind:
@@ -145,20 +142,13 @@ class DigitalOceanStandIn:
         self.on_boot: Callable[[str, str, str | None], None] | None = None
         self.on_delete: Callable[[str], None] | None = None
         self.hook_errors: list[BaseException] = []
-        self._log: list[Served] = []
-        self._failures: dict[Kind, list[_Failure | None]] = {}
+        self._log: RequestLog[Served] = RequestLog()
+        self._failures: FailureQueue[_Failure] = FailureQueue()
         self._lock = threading.Lock()
         self._ids = itertools.count(100_000_001)
         self._addresses = itertools.count(0)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._server.standin = self  # type: ignore[attr-defined]
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}/v2/"
-        # A short poll interval: shutdown() waits for it, and every test closes a stand-in.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
+        self._server = serve(_Handler, self)
+        self.endpoint = f"{self._server.url}/v2/"
 
     # --- StandIn ----------------------------------------------------------------------------
 
@@ -257,27 +247,20 @@ class DigitalOceanStandIn:
     ) -> None:
         """The next ``times`` requests of ``kind`` (after ``skip`` served normally) answer
         ``status``: in DigitalOcean's JSON error shape, or as a load balancer's HTML page."""
-        failure = _Failure(status, retry_after, html)
-        with self._lock:
-            self._failures.setdefault(kind, []).extend([None] * skip + [failure] * times)
+        self._failures.add(kind, _Failure(status, retry_after, html), times=times, skip=skip)
 
     def requests(self) -> list[Kind]:
-        with self._lock:
-            return [served.kind for served in self._log]
+        return self._log.kinds()
 
     def served(self) -> list[Served]:
         """Every request since ``reset_requests``, with its method and path."""
-        with self._lock:
-            return list(self._log)
+        return self._log.entries()
 
     def reset_requests(self) -> None:
-        with self._lock:
-            self._log.clear()
+        self._log.clear()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._server.close()
 
     # --- test inspection --------------------------------------------------------------------
 
@@ -306,10 +289,8 @@ class DigitalOceanStandIn:
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         kind = classify(method, path)
         deleted: list[str] = []
-        with self._lock:
-            self._log.append(Served(kind, method, path))
-            pending = self._failures.get(kind)
-            injected = pending.pop(0) if pending else None
+        self._log.add(Served(kind, method, path))
+        injected = self._failures.take(kind)
         try:
             if injected is not None:
                 status, retry_after = injected.status, injected.retry_after
@@ -328,7 +309,7 @@ class DigitalOceanStandIn:
                 if method == "DELETE" and answer.status == 204:
                     deleted.append(path.rsplit("/", 1)[-1])
         except ApiError as exc:
-            headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+            headers = retry_after_header(exc.retry_after)
             error_id = _ERROR_IDS.get(exc.status, "server_error")
             body = {"id": error_id, "message": exc.message, "request_id": str(uuid.uuid4())}
             return Answer(exc.status, body, headers)
@@ -568,40 +549,24 @@ def _rules(value: Any, side: str) -> list[dict[str, Any]]:
 
 
 def _json_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise ApiError(400, "unable to parse request body") from None
-    if not isinstance(body, dict):
+    body = parse_json_object(raw)
+    if body is None:
         raise ApiError(400, "unable to parse request body")
     return body
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as requests' session expects
+class _Handler(JsonHandler[DigitalOceanStandIn]):
+    json_content_type = "application/json; charset=utf-8"
 
     def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        standin: DigitalOceanStandIn = self.server.standin  # type: ignore[attr-defined]
-        answer = standin.serve(self.command, self.path, self.headers.get("Authorization"), raw)
-        if answer.text is not None:
-            payload = answer.text.encode()
+        raw = self.read_body()
+        answer = self.owner.serve(self.command, self.path, self.headers.get("Authorization"), raw)
+        if answer.text is not None:  # its Content-Type is among its headers
+            self.send_body(answer.status, answer.text.encode(), answer.headers)
         else:
-            payload = b"" if answer.body is None else json.dumps(answer.body).encode()
-        self.send_response(answer.status)
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        if payload and answer.text is None:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+            self.send_json(answer.status, answer.body, answer.headers)
 
     do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _answer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return  # quiet: pytest shows failures, not access logs
 
 
 def make_standin(tmp_path: Path) -> DigitalOceanStandIn:

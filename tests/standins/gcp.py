@@ -11,7 +11,6 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,6 +24,14 @@ from cloudproxy_cli.adapters.common import ProxySettings
 from cloudproxy_cli.adapters.gcp import GcpProvider, from_settings
 from cloudproxy_cli.config import GcpSettings
 from tests.standins.base import Kind
+from tests.standins.http import (
+    Failure,
+    FailureQueue,
+    JsonHandler,
+    RequestLog,
+    retry_after_header,
+    serve,
+)
 
 ZONE = "us-central1-a"
 PROXY = ProxySettings(port=8899, username="gcpuser", password="gcp-Proxy.pass_42")
@@ -143,10 +150,8 @@ class Request:
     body: dict[str, Any] | None
 
 
-@dataclass
-class _Failure:
-    status: int
-    retry_after: int | None
+@dataclass(frozen=True)
+class _Failure(Failure):
     reason: str | None = None
     after_processing: bool = False  # the change is made, then the response is lost
 
@@ -167,8 +172,6 @@ class GcpStandIn:
     firewalls: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     operations: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     accounts: dict[str, ServiceAccount] = field(default_factory=dict)
-    served: list[Request] = field(default_factory=list)
-    failures: dict[Kind, deque[_Failure]] = field(default_factory=dict)
     operation_errors: deque[tuple[str, str]] = field(default_factory=deque)
     request_ids: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -177,41 +180,10 @@ class GcpStandIn:
         self._ids = itertools.count(4_000_000_000_000_000_001)
         self._ips = itertools.count(2)
         self._foreign = itertools.count(1)
-        standin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                status, headers, payload = standin.handle(
-                    self.command,
-                    self.path,
-                    {k.lower(): v for k, v in self.headers.items()},
-                    self._body(),
-                )
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self) -> bytes:
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            do_GET = do_POST = do_DELETE = _serve
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None  # quiet test output
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        # A short poll interval: shutdown() waits for it, once per test.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
+        self._log: RequestLog[Request] = RequestLog()
+        self._failures: FailureQueue[_Failure] = FailureQueue()
+        self._server = serve(_Handler, self)
+        self.url = self._server.url
 
     # --- building adapters ---------------------------------------------------------------
 
@@ -286,29 +258,32 @@ class GcpStandIn:
         retry_after: int | None = None,
         reason: str | None = None,
     ) -> None:
-        queue = self.failures.setdefault(kind, deque())
-        queue.extend(_Failure(status, retry_after, reason) for _ in range(times))
+        self._failures.add(kind, _Failure(status, retry_after, reason), times=times)
 
     def lose_next_response(self, kind: Kind, status: int = 503) -> None:
         """The next ``kind`` request takes effect, but its response is a ``status`` error."""
-        self.failures.setdefault(kind, deque()).append(_Failure(status, None, None, True))
+        self._failures.add(kind, _Failure(status, None, None, after_processing=True))
 
     def fail_next_operation(self, code: str, message: str) -> None:
         """The next insert/delete operation finishes with this error and changes nothing."""
         self.operation_errors.append((code, message))
 
+    @property
+    def served(self) -> list[Request]:
+        """Every request since ``reset_requests``, as served."""
+        return self._log.entries()
+
     def requests(self) -> list[Kind]:
-        return [r.kind for r in self.served]
+        return self._log.kinds()
 
     def requests_of(self, kind: Kind) -> list[Request]:
-        return [r for r in self.served if r.kind == kind]
+        return self._log.entries(kind)
 
     def reset_requests(self) -> None:
-        self.served.clear()
+        self._log.clear()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
 
     # --- serving -------------------------------------------------------------------------
 
@@ -324,9 +299,8 @@ class GcpStandIn:
         action, args = route
         kind = _KINDS.get(action, "other")
         with self._lock:
-            self.served.append(Request(kind, method, parts.path, query, body))
-            pending = self.failures.get(kind)
-            failure = pending.popleft() if pending else None
+            self._log.add(Request(kind, method, parts.path, query, body))
+            failure = self._failures.take(kind)
             try:
                 if failure is not None and not failure.after_processing:
                     raise failure.error()
@@ -335,9 +309,7 @@ class GcpStandIn:
                 if failure is not None:
                     raise failure.error()
             except ApiError as err:
-                extra = {}
-                if failure is not None and failure.retry_after is not None:
-                    extra["Retry-After"] = str(failure.retry_after)
+                extra = retry_after_header(None if failure is None else failure.retry_after)
                 return err.status, extra, err.body()
             return 200, {}, result
 
@@ -577,6 +549,20 @@ def _validate_instance(body: dict[str, Any], zone: str) -> None:
     scheduling = body.get("scheduling", {})
     if scheduling.get("provisioningModel", "STANDARD") not in {"STANDARD", "SPOT"}:
         raise ApiError(400, "Invalid value for field 'resource.scheduling.provisioningModel'")
+
+
+class _Handler(JsonHandler[GcpStandIn]):
+    protocol_version = "HTTP/1.0"  # no keep-alive: each answer closes its connection
+    json_content_type = "application/json; charset=UTF-8"
+
+    def _serve(self) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, extra, payload = self.owner.handle(
+            self.command, self.path, headers, self.read_body()
+        )
+        self.send_json(status, payload, extra)
+
+    do_GET = do_POST = do_DELETE = _serve
 
 
 def make_standin(tmp_path: Path) -> GcpStandIn:

@@ -9,7 +9,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,6 +17,14 @@ from cloudproxy_cli.adapters.common import ProxySettings
 from cloudproxy_cli.adapters.hetzner import HetznerProvider, from_settings
 from cloudproxy_cli.config import HetznerSettings
 from tests.standins.base import Kind
+from tests.standins.http import (
+    Failure,
+    FailureQueue,
+    JsonHandler,
+    RequestLog,
+    retry_after_header,
+    serve,
+)
 
 # What every adapter built by `provider()` deploys unless a test passes its own.
 PROXY = ProxySettings(port=8899, username="proxyuser", password="proxy-pass-f00d")
@@ -128,22 +135,16 @@ class HetznerStandIn:
         self.projects = {"a": Project(), "b": Project()}
         self._tokens = {self.token: "a", self.other_token: "b"}
         self.max_per_page = MAX_PER_PAGE
-        self.log: list[Request] = []
+        self._log: RequestLog[Request] = RequestLog()
         self.slept: list[float] = []  # what adapters built by `provider()` waited
         self.lost_create_answers = 0  # creates that succeed but answer 504 (a lost response)
         self.malformed_answers = 0  # requests answered 200 with an empty JSON object
-        self._failures: list[tuple[Kind, int, int | None]] = []
+        self._failures: FailureQueue[Failure] = FailureQueue()
         self._ids = itertools.count(1000)
         self._addresses = itertools.count()
         self._lock = threading.Lock()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._http.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self._http.server_address[1]}/v1"
-        # A short poll keeps close() (shutdown waits for one poll) from costing 0.5 s a test.
-        self._thread = threading.Thread(
-            target=self._http.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
+        self._server = serve(_Handler, self)
+        self.endpoint = f"{self._server.url}/v1"
 
     # --- StandIn ----------------------------------------------------------------------------
 
@@ -201,25 +202,26 @@ class HetznerStandIn:
     def fail_next(
         self, kind: Kind, status: int, *, times: int = 1, retry_after: int | None = None
     ) -> None:
-        with self._lock:
-            self._failures.extend([(kind, status, retry_after)] * times)
+        self._failures.add(kind, Failure(status, retry_after), times=times)
 
     def requests(self) -> list[Kind]:
-        return [r.kind for r in self.log]
+        return self._log.kinds()
 
     def reset_requests(self) -> None:
-        self.log.clear()
+        self._log.clear()
 
     def close(self) -> None:
-        if self._thread.is_alive():  # a test may close early to make the API unreachable
-            self._http.shutdown()
-            self._http.server_close()
-            self._thread.join(timeout=5)
+        self._server.close()  # a test may close early to make the API unreachable
 
     # --- for tests --------------------------------------------------------------------------
 
+    @property
+    def log(self) -> list[Request]:
+        """Every request since ``reset_requests``, as served."""
+        return self._log.entries()
+
     def served(self, kind: Kind) -> list[Request]:
-        return [r for r in self.log if r.kind == kind]
+        return self._log.entries(kind)
 
     def server(self, vm_id: str) -> dict[str, Any]:
         found = self._find(vm_id)
@@ -243,16 +245,14 @@ class HetznerStandIn:
         kind = _classify(method, path)
         project_name = self._tokens.get(token or "")
         with self._lock:
-            self.log.append(Request(kind, method, path, query, body, project_name))
-            failure = next((f for f in self._failures if f[0] == kind), None)
-            if failure is not None:
-                self._failures.remove(failure)
+            self._log.add(Request(kind, method, path, query, body, project_name))
+            failure = self._failures.take(kind)
             if failure is None and self.malformed_answers:
                 self.malformed_answers -= 1
                 return 200, {}, {}
         try:
             if failure is not None:
-                return _failure(failure[1], failure[2])
+                return _failure(failure)
             if project_name is None:
                 raise ApiError(401, "unauthorized", "unable to authenticate")
             with self._lock:
@@ -455,10 +455,9 @@ def _classify(method: str, path: str) -> Kind:
     return "other"  # e.g. GET /servers/{id}: the ownership check before a delete
 
 
-def _failure(status: int, retry_after: int | None) -> tuple[int, dict[str, str], Any]:
-    headers: dict[str, str] = {}
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
+def _failure(failure: Failure) -> tuple[int, dict[str, str], Any]:
+    status = failure.status
+    headers = retry_after_header(failure.retry_after)
     if status == 429:
         headers["RateLimit-Remaining"] = "0"
         headers["RateLimit-Reset"] = str(int(time.time()) + RATE_LIMIT)
@@ -509,39 +508,28 @@ def _unapply(firewall: dict[str, Any], server_id: int) -> None:
         ]
 
 
-def _handler(standin: HetznerStandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as requests' session expects
-        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stall
+class _Handler(JsonHandler[HetznerStandIn]):
+    def _serve(self) -> None:
+        raw = self.read_body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        auth = self.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        status, headers, payload = self.owner.handle(self.command, self.path, token, body)
+        headers = {
+            "X-Correlation-Id": secrets.token_hex(8),
+            "RateLimit-Limit": str(RATE_LIMIT),
+            "RateLimit-Remaining": str(RATE_LIMIT - 1),
+            **headers,
+        }
+        if isinstance(payload, str):  # the load balancer's HTML page
+            self.send_body(status, payload.encode(), {"Content-Type": "text/html", **headers})
+        else:
+            self.send_json(status, payload, headers)
 
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = None
-            auth = self.headers.get("Authorization", "")
-            token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
-            status, headers, payload = standin.handle(self.command, self.path, token, body)
-            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-            self.send_response(status)
-            content_type = "text/html" if isinstance(payload, str) else "application/json"
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("X-Correlation-Id", secrets.token_hex(8))
-            self.send_header("RateLimit-Limit", str(RATE_LIMIT))
-            for name, value in {"RateLimit-Remaining": str(RATE_LIMIT - 1), **headers}.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_DELETE = do_PUT = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # the test log is `standin.log`
-
-    return Handler
+    do_GET = do_POST = do_DELETE = do_PUT = _serve
 
 
 def make_standin(tmp_path: Path | None = None) -> HetznerStandIn:

@@ -6,14 +6,12 @@ import base64
 import binascii
 import ipaddress
 import itertools
-import json
 import re
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +22,16 @@ from cloudproxy_cli.adapters.common import ProxySettings
 from cloudproxy_cli.adapters.vultr import VultrProvider, from_settings
 from cloudproxy_cli.config import VultrSettings
 from tests.standins.base import Kind
+from tests.standins.http import (
+    Failure,
+    FailureQueue,
+    JsonHandler,
+    RequestLog,
+    Served,
+    parse_json_object,
+    retry_after_header,
+    serve,
+)
 
 # One token per account: a request is served from the account its bearer token names.
 TOKENS = ("vultr-token-account-a-4f1c9e7b2d", "vultr-token-account-b-8a3e6d0c5f")
@@ -88,21 +96,14 @@ class VultrStandIn:
         self.accounts = {token: Account() for token in tokens}
         self.create_bodies: list[dict[str, Any]] = []  # every POST /v2/instances body, as sent
         self.sleeps: list[float] = []  # what adapters' retries waited (they never really sleep)
-        self._log: list[Kind] = []
-        self._failures: dict[Kind, list[tuple[int, int | None] | None]] = {}
+        self._log: RequestLog[Served] = RequestLog()
+        self._failures: FailureQueue[Failure] = FailureQueue()
         self._lock = threading.Lock()
         self._addresses = itertools.count(1)
         self._rule_ids = itertools.count(1)
         self._sessions: list[requests.Session] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._server.standin = self  # type: ignore[attr-defined]
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}/v2"
-        # A short poll interval: shutdown() waits for it, and every test closes a stand-in.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
+        self._server = serve(_Handler, self)
+        self.endpoint = f"{self._server.url}/v2"
 
     # --- StandIn ----------------------------------------------------------------------------
 
@@ -191,24 +192,18 @@ class VultrStandIn:
         skip: int = 0,
     ) -> None:
         """As ``StandIn.fail_next``; ``skip``: serve that many requests of ``kind`` first."""
-        with self._lock:
-            queue = self._failures.setdefault(kind, [])
-            queue.extend([None] * skip + [(status, retry_after)] * times)
+        self._failures.add(kind, Failure(status, retry_after), times=times, skip=skip)
 
     def requests(self) -> list[Kind]:
-        with self._lock:
-            return list(self._log)
+        return self._log.kinds()
 
     def reset_requests(self) -> None:
-        with self._lock:
-            self._log.clear()
+        self._log.clear()
 
     def close(self) -> None:
         for session in self._sessions:
             session.close()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._server.close()
 
     # --- test inspection --------------------------------------------------------------------
 
@@ -236,14 +231,12 @@ class VultrStandIn:
         path = url.path.rstrip("/")
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         kind = classify(method, path)
-        with self._lock:
-            self._log.append(kind)
-            pending = self._failures.get(kind)
-            injected = pending.pop(0) if pending else None
+        self._log.add(Served(kind, method, path))
+        injected = self._failures.take(kind)
         try:
             if injected is not None:
-                status, retry_after = injected
-                raise ApiError(status, f"injected failure {status}", retry_after)
+                status = injected.status
+                raise ApiError(status, f"injected failure {status}", injected.retry_after)
             token = (authorization or "").removeprefix("Bearer ")
             account = self.accounts.get(token)
             if not authorization or not authorization.startswith("Bearer ") or account is None:
@@ -252,7 +245,7 @@ class VultrStandIn:
             with self._lock:
                 return self._route(account, method, path, query, body)
         except ApiError as exc:
-            headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+            headers = retry_after_header(exc.retry_after)
             return Answer(exc.status, {"error": exc.message, "status": exc.status}, headers)
 
     def _route(
@@ -435,11 +428,8 @@ class VultrStandIn:
 
 
 def _json_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise ApiError(400, "Invalid JSON.") from None
-    if not isinstance(body, dict):
+    body = parse_json_object(raw)
+    if body is None:
         raise ApiError(400, "Invalid JSON.")
     return body
 
@@ -471,31 +461,13 @@ def _paginate(items: list[Any], query: dict[str, str]) -> tuple[list[Any], dict[
     return items[offset:end], {"total": len(items), "links": links}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as requests' session expects
-    # Headers and body go out in two writes: with Nagle on, each answer would wait ~40 ms
-    # for the client's delayed ACK.
-    disable_nagle_algorithm = True
-
+class _Handler(JsonHandler[VultrStandIn]):
     def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        standin: VultrStandIn = self.server.standin  # type: ignore[attr-defined]
-        answer = standin.serve(self.command, self.path, self.headers.get("Authorization"), raw)
-        payload = b"" if answer.body is None else json.dumps(answer.body).encode()
-        self.send_response(answer.status)
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        if payload:
-            self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        raw = self.read_body()
+        answer = self.owner.serve(self.command, self.path, self.headers.get("Authorization"), raw)
+        self.send_json(answer.status, answer.body, answer.headers)
 
     do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _answer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return  # quiet: pytest shows failures, not access logs
 
 
 def make_standin(tmp_path: Path) -> VultrStandIn:
