@@ -296,6 +296,15 @@ class Settings(BaseSettings):
             strategy=self.rolling_strategy,
         )
 
+    def proxy_credentials(self) -> tuple[str | None, str | None]:
+        """``(PROXY_USERNAME, PROXY_PASSWORD)``: both set or both unset, else ``ConfigError``."""
+        username = self.proxy_username
+        password = self.proxy_password.get_secret_value() if self.proxy_password else None
+        if (username is None) != (password is None):
+            missing = "PROXY_PASSWORD" if password is None else "PROXY_USERNAME"
+            raise ConfigError(f"{missing}: PROXY_USERNAME and PROXY_PASSWORD must be set together")
+        return username, password
+
     def enabled_instances(self) -> list[tuple[str, str, InstanceSettings]]:
         """Enabled instances as ``(provider, instance, settings)``, sorted by provider, instance."""
         return [

@@ -26,17 +26,12 @@ CONF_DELIMITER = "CLOUDPROXY_TINYPROXY_CONF"
 
 def proxy_settings(settings: Settings) -> ProxySettings:
     """Validate what the user data will deploy; a one-line ``ConfigError`` naming the setting."""
-    username = settings.proxy_username
-    password = settings.proxy_password.get_secret_value() if settings.proxy_password else None
-    if username is None and password is None:
-        if not settings.allow_open_proxy:
-            raise ConfigError(
-                "PROXY_USERNAME/PROXY_PASSWORD: unset, so the proxies would be open to anyone; "
-                "set both, or ALLOW_OPEN_PROXY=True if you really mean it"
-            )
-    elif username is None or password is None:
-        missing = "PROXY_USERNAME" if username is None else "PROXY_PASSWORD"
-        raise ConfigError(f"{missing}: PROXY_USERNAME and PROXY_PASSWORD must be set together")
+    username, password = settings.proxy_credentials()
+    if username is None and not settings.allow_open_proxy:
+        raise ConfigError(
+            "PROXY_USERNAME/PROXY_PASSWORD: unset, so the proxies would be open to anyone; "
+            "set both, or ALLOW_OPEN_PROXY=True if you really mean it"
+        )
     for name, value in (("PROXY_USERNAME", username), ("PROXY_PASSWORD", password)):
         if value is not None and (problem := _credential_problem(value)):
             raise ConfigError(f"{name}: {problem}")

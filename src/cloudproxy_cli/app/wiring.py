@@ -80,15 +80,6 @@ def instance_policy(
     )
 
 
-def credentials(settings: Settings) -> tuple[str | None, str | None]:
-    username = settings.proxy_username
-    password = settings.proxy_password.get_secret_value() if settings.proxy_password else None
-    if (username is None) != (password is None):
-        missing = "PROXY_PASSWORD" if password is None else "PROXY_USERNAME"
-        raise ConfigError(f"{missing}: PROXY_USERNAME and PROXY_PASSWORD must be set together")
-    return username, password
-
-
 def make_provider(
     provider: str, instance: str, inst: InstanceSettings, settings: Settings, state_path: Path
 ) -> Provider:
@@ -98,7 +89,7 @@ def make_provider(
         from cloudproxy_cli.config import LocalSettings
 
         assert isinstance(inst, LocalSettings)
-        username, password = credentials(settings)
+        username, password = settings.proxy_credentials()
         return LocalProvider(
             instance=instance,
             # The local inventory lives beside the state file, one directory per instance.
@@ -173,7 +164,7 @@ def make_prober(settings: Settings, providers: set[str]) -> Prober:
             f"HEALTH_CHECK_URL: required when a cloud provider is enabled ({', '.join(remote)}): "
             "the built-in origin on 127.0.0.1 is reachable only by local proxies"
         )
-    username, password = credentials(settings)
+    username, password = settings.proxy_credentials()
     return HttpProber(
         username=username,
         password=password,

@@ -336,13 +336,13 @@ def proxies(
 
     Example: [bold]cloudproxy proxies --json[/bold]
     """
-    from cloudproxy_cli.app.wiring import build_runtimes, credentials
+    from cloudproxy_cli.app.wiring import build_runtimes
 
     opts = _options(ctx)
     loaded = opts.load_config()
     store = opts.store()
     state = store.load().state
-    username, password = credentials(loaded.settings)
+    username, password = loaded.settings.proxy_credentials()
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
     runtimes = build_runtimes(loaded, state.overrides, store.path)
