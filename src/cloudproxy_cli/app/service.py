@@ -9,7 +9,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
-from cloudproxy_cli.core.errors import CloudProxyError, FirewallMissingError, ProviderError
+from cloudproxy_cli.core.errors import (
+    CloudProxyError,
+    FirewallMissingError,
+    ProviderError,
+    ProxyNotFoundError,
+)
 from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget, Proxy
 from cloudproxy_cli.core.plan import ActionOutcome, CreateAction, DeleteAction, Plan
 from cloudproxy_cli.core.policy import InstancePolicy
@@ -266,8 +271,6 @@ def destroy_proxy(
     An instance whose list fails is skipped; if the proxy was not found elsewhere, that failure
     is reported instead, since the proxy might be there.
     """
-    from cloudproxy_cli.core.errors import ProxyNotFoundError
-
     with store.lock():
         state = store.load().state
         list_errors: list[str] = []
