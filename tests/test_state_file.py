@@ -185,7 +185,7 @@ def test_round_trip(path: Path) -> None:
     sf = StateFile(path)
     sf.save(state)
     result = sf.load()
-    assert result == LoadResult(state=state, warning=None, recovered=False)
+    assert result == LoadResult(state=state, warning=None, corrupt=False)
     assert json.loads(path.read_text())["schema_version"] == 1
     # A second object (a later run) reads the same thing.
     assert StateFile(path).load().state == state
@@ -283,33 +283,54 @@ def test_missing_file_is_a_fresh_state(path: Path) -> None:
     ],
     ids=["bad-json", "empty", "wrong-schema", "malformed", "not-utf8", "deep-nesting"],
 )
-def test_corrupt_file_is_moved_aside(path: Path, content: bytes) -> None:
+def test_corrupt_file_is_reported_by_load_and_moved_aside_by_recover(
+    path: Path, content: bytes
+) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(content)
-    result = StateFile(path).load()
+    sf = StateFile(path)
+    result = sf.load()
 
+    # load() only reads: the corrupt file stays byte for byte, and nothing else appears.
     assert result.state == State()
-    assert result.recovered
+    assert result.corrupt
+    assert result.warning is not None and "\n" not in result.warning
+    assert "left in place" in result.warning
+    assert path.read_bytes() == content
+    assert entries(path.parent) == {"state.json"}
+
+    warning = sf.recover()
     aside = [p for p in path.parent.iterdir() if p.name.startswith("state.json.corrupt-")]
     assert len(aside) == 1
     assert aside[0].read_bytes() == content
     assert not path.exists()
-    assert result.warning is not None
-    assert "\n" not in result.warning
-    assert str(aside[0]) in result.warning
+    assert warning is not None
+    assert "\n" not in warning
+    assert str(aside[0]) in warning
     # The timestamp is UTC and sortable: state.json.corrupt-YYYYmmddTHHMMSSZ.
     stamp = aside[0].name.removeprefix("state.json.corrupt-")
     parsed = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     assert abs(datetime.now(UTC) - parsed) < timedelta(minutes=5)
+    assert sf.load() == LoadResult(State())
+
+
+def test_recover_leaves_a_sound_or_missing_file_alone(path: Path) -> None:
+    sf = StateFile(path)
+    assert sf.recover() is None
+    sf.save(rich_state())
+    before = path.read_bytes()
+    assert sf.recover() is None
+    assert path.read_bytes() == before
+    assert entries(path.parent) == {"state.json", "state.json.lock"}
 
 
 def test_second_corruption_does_not_overwrite_the_first_copy(path: Path) -> None:
     sf = StateFile(path)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"first")
-    sf.load()
+    assert sf.recover() is not None
     path.write_bytes(b"second")
-    sf.load()
+    assert sf.recover() is not None
     aside = sorted(p.read_bytes() for p in path.parent.glob("state.json.corrupt-*"))
     assert aside == [b"first", b"second"]
 
@@ -406,11 +427,21 @@ def test_lock_held_by_another_process_fails_fast_with_its_pid(
     _, line = holder.next_line()
     assert line == "locked"
 
-    started = time.monotonic()
-    with pytest.raises(LockHeldError) as excinfo, StateFile(path).lock():
-        pass
-    assert time.monotonic() - started < 0.5
-    assert str(excinfo.value) == (
+    # The holder never lets go on its own, so a lock() that waited would never return: the
+    # deadline only turns such a hang into a failure, it measures no speed.
+    attempt: queue.Queue[BaseException | None] = queue.Queue()
+
+    def try_lock() -> None:
+        try:
+            with StateFile(path).lock():
+                attempt.put(None)
+        except BaseException as exc:  # handed to the test thread
+            attempt.put(exc)
+
+    threading.Thread(target=try_lock, daemon=True).start()
+    error = attempt.get(timeout=WORKER_DEADLINE)
+    assert isinstance(error, LockHeldError)
+    assert str(error) == (
         f"another cloudproxy run holds the lock on {path} (pid {holder.pid}); try again later"
     )
     with pytest.raises(LockHeldError):
@@ -425,7 +456,7 @@ def test_lock_held_by_another_process_fails_fast_with_its_pid(
         pass
 
 
-def test_lockless_load_leaves_corrupt_file_alone_while_another_run_holds_the_lock(
+def test_recover_needs_the_lock_and_leaves_the_file_while_another_run_holds_it(
     path: Path, workers: list[Worker]
 ) -> None:
     holder = Worker("hold", str(path))
@@ -435,10 +466,11 @@ def test_lockless_load_leaves_corrupt_file_alone_while_another_run_holds_the_loc
 
     result = StateFile(path).load()
     assert result.state == State()
-    assert result.recovered
-    assert result.warning is not None
-    assert "left in place" in result.warning
+    assert result.corrupt
+    with pytest.raises(LockHeldError):
+        StateFile(path).recover()
     assert path.read_bytes() == b"{corrupt"
+    assert list(path.parent.glob("state.json.corrupt-*")) == []
 
 
 def test_sigkill_during_writes_leaves_a_readable_file_and_a_free_lock(
@@ -465,7 +497,7 @@ def test_sigkill_during_writes_leaves_a_readable_file_and_a_free_lock(
 
         result = StateFile(path).load()
         assert result.warning is None, result.warning
-        assert not result.recovered
+        assert not result.corrupt
         generation = result.state.overrides.batch_size
         assert generation is not None
         assert generation >= len(stamps)  # at least what it reported having saved

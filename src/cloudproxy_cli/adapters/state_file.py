@@ -35,22 +35,27 @@ def default_state_path() -> Path:
 def resolve_state_path(cli_value: Path | None, environ: Mapping[str, str]) -> Path:
     """``--state-file``, else ``$CLOUDPROXY_STATE_FILE`` (an empty value counts as unset), else
     the platform default. ``~`` is expanded in the first two."""
+    return _resolve(cli_value, environ)[0]
+
+
+def _resolve(cli_value: Path | None, environ: Mapping[str, str]) -> tuple[Path, str]:
     if cli_value is not None:
-        return cli_value.expanduser()
+        return cli_value.expanduser(), "--state-file"
     from_env = environ.get(STATE_FILE_ENV, "").strip()
     if from_env:
-        return Path(from_env).expanduser()
-    return default_state_path()
+        return Path(from_env).expanduser(), f"env {STATE_FILE_ENV}"
+    return default_state_path(), "default"
 
 
 @dataclass(frozen=True, slots=True)
 class LoadResult:
-    """What ``StateFile.load`` found. ``recovered`` is true when the file was corrupt and
-    ``state`` is a fresh ``State()`` in its place; ``warning`` then says what happened."""
+    """What ``StateFile.load`` found. ``corrupt`` is true when the file could not be decoded:
+    ``state`` is then a fresh ``State()``, the file is left in place and ``warning`` says so
+    (``recover()``, under the lock, moves it aside)."""
 
     state: State
     warning: str | None = None
-    recovered: bool = False
+    corrupt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +67,29 @@ class _Read:
 class StateFile:
     """The state file at ``path`` and its lock file ``<path>.lock`` beside it.
 
-    Writers (``rolling set``, ``reconcile``) hold ``lock()`` around load and save, or use
-    ``update``. Readers may ``load()`` without the lock: every save is an atomic rename, so a
-    reader sees either the old or the new file, never a torn one.
+    Writers (``rolling set``, ``reconcile``) hold ``lock()`` around ``recover()``, load and save,
+    or use ``update``. Readers may ``load()`` without the lock: every save is an atomic rename, so
+    a reader sees either the old or the new file, never a torn one; ``load()`` never writes.
 
     ``lock()`` is re-entrant within one ``StateFile`` object, but two objects (or two processes)
     exclude each other. Not thread-safe: one object per thread.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, source: str = "given") -> None:
         self._path = path
+        self._source = source
         self._lock_fd: int | None = None
+
+    @classmethod
+    def resolve(cls, cli_value: Path | None, environ: Mapping[str, str]) -> StateFile:
+        """The state file that ``resolve_state_path`` names, remembering where the name came
+        from (``--state-file``, ``env CLOUDPROXY_STATE_FILE`` or ``default``)."""
+        path, source = _resolve(cli_value, environ)
+        return cls(path, source=source)
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @property
     def path(self) -> Path:
@@ -139,31 +156,26 @@ class StateFile:
     # --- reading ------------------------------------------------------------------------------
 
     def load(self) -> LoadResult:
-        """Read the state. Missing file: fresh ``State()``. Corrupt file: moved aside to
-        ``<path>.corrupt-<UTC timestamp>``, fresh ``State()`` with a warning. Unreadable file:
-        ``StateError``."""
-        first = self._read()
-        if first.corrupt_reason is None:
-            return LoadResult(first.state)
-        # Moving aside is a write, so it needs the lock: otherwise a lock-less reader could
-        # rename away a good file that a writer put in place after this read.
-        try:
-            with self.lock():
-                return self._load_locked()
-        except LockHeldError:
-            return LoadResult(
-                State(),
-                f"the state file {self._path} is corrupt ({first.corrupt_reason}); another run"
-                " holds the lock, so it was left in place; using an empty state",
-                recovered=True,
-            )
-
-    def _load_locked(self) -> LoadResult:
-        # Re-read under the lock: the file may have been replaced since the unlocked read.
+        """Read the state; never writes. Missing file: fresh ``State()``. Corrupt file: fresh
+        ``State()``, ``corrupt`` and a warning; the file stays. Unreadable file: ``StateError``."""
         read = self._read()
         if read.corrupt_reason is None:
             return LoadResult(read.state)
-        return LoadResult(State(), self._set_aside(read.corrupt_reason), recovered=True)
+        return LoadResult(
+            State(),
+            f"the state file {self._path} is corrupt ({read.corrupt_reason}); left in place"
+            " until a reconcile moves it aside; using an empty state",
+            corrupt=True,
+        )
+
+    def recover(self) -> str | None:
+        """Move a corrupt state file aside, under the lock; return the warning saying so, or
+        ``None`` when the file is missing or sound. Raises ``LockHeldError`` like ``lock()``."""
+        # Moving aside is a write, so it needs the lock: otherwise a lock-less reader could
+        # rename away a good file that a writer put in place after its read. Re-read under it.
+        with self.lock():
+            read = self._read()
+            return None if read.corrupt_reason is None else self._set_aside(read.corrupt_reason)
 
     def _read(self) -> _Read:
         try:

@@ -171,3 +171,16 @@ def make_prober(settings: Settings, providers: set[str]) -> Prober:
         timeout_s=settings.health_check_timeout,
         url=settings.health_check_url,
     )
+
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from cloudproxy_cli.adapters.state_file import StateFile
+
+
+def make_state_store(cli_value: Path | None, environ: Mapping[str, str]) -> StateFile:
+    """The state file: ``--state-file``, else ``$CLOUDPROXY_STATE_FILE``, else the default."""
+    from cloudproxy_cli.adapters.state_file import StateFile
+
+    return StateFile.resolve(cli_value, environ)

@@ -1,36 +1,32 @@
-"""The composition root: Typer commands that wire config, state, adapters and the renderer."""
+"""The `cloudproxy` command: the root Typer app, its global options, and errors → exit codes."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 from typer.exceptions import TyperException
 
 from cloudproxy_cli.cli import render
+from cloudproxy_cli.cli.config_cmd import config_app
+from cloudproxy_cli.cli.context import Options
 from cloudproxy_cli.cli.exit_codes import EXIT_CODES_HELP, ExitCode
+from cloudproxy_cli.cli.proxies import destroy, proxies
+from cloudproxy_cli.cli.reconcile import reconcile
+from cloudproxy_cli.cli.results import CommandResult
+from cloudproxy_cli.cli.rolling import rolling_app
 from cloudproxy_cli.core.errors import (
     CloudProxyError,
     ConfigError,
     LockHeldError,
-    ProviderError,
     ProxyNotFoundError,
     UsageError,
 )
-from cloudproxy_cli.core.policy import Strategy
-from cloudproxy_cli.core.state import RollingOverrides, State
-
-if TYPE_CHECKING:
-    from cloudproxy_cli.adapters.state_file import StateFile
-    from cloudproxy_cli.config import LoadedConfig
-
-log = logging.getLogger("cloudproxy")
 
 app = typer.Typer(
     name="cloudproxy",
@@ -47,43 +43,11 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-rolling_app = typer.Typer(
-    help="Rolling deployments: see and change how aged proxies are recycled.",
-    epilog="Example: cloudproxy rolling status --json",
-    no_args_is_help=True,
-)
-config_app = typer.Typer(
-    help="Inspect the configuration.",
-    epilog="Example: cloudproxy config show",
-    no_args_is_help=True,
-)
+app.command()(reconcile)
 app.add_typer(rolling_app, name="rolling")
+app.command()(destroy)
+app.command()(proxies)
 app.add_typer(config_app, name="config")
-
-
-@dataclass
-class Options:
-    config: Path | None
-    state_file: Path | None
-
-    def load_config(self) -> LoadedConfig:
-        from cloudproxy_cli.config import load_config
-
-        loaded = load_config(self.config, os.environ)
-        for warning in loaded.warnings:
-            log.warning("%s", warning)
-        return loaded
-
-    def store(self) -> StateFile:
-        from cloudproxy_cli.adapters.state_file import StateFile, resolve_state_path
-
-        return StateFile(resolve_state_path(self.state_file, os.environ))
-
-
-def _options(ctx: typer.Context) -> Options:
-    obj = ctx.find_root().obj
-    assert isinstance(obj, Options)
-    return obj
 
 
 @app.callback(invoke_without_command=True)
@@ -113,288 +77,11 @@ def root(
     ] = False,
 ) -> None:
     render.setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    ctx.obj = Options(config, state_file)
+    # run() hands its environment in as ctx.obj; the commands find it in the Options.
+    environ = ctx.obj if isinstance(ctx.obj, Mapping) else os.environ
+    ctx.obj = Options(config, state_file, environ)
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-# --- reconcile -------------------------------------------------------------------------------
-
-
-@app.command()
-def reconcile(
-    ctx: typer.Context,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the plan; change nothing.")
-    ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON document instead of text.")
-    ] = False,
-    provider: Annotated[
-        str | None, typer.Option("--provider", help="Only this provider (e.g. local).")
-    ] = None,
-    instance: Annotated[
-        str | None, typer.Option("--instance", help="Only this provider instance (e.g. default).")
-    ] = None,
-) -> int:
-    """Run once: keep each provider instance at MIN_SCALING and recycle aged proxies.
-
-    Lists each enabled instance's proxies (one API call each), probes them all concurrently,
-    then deletes and creates proxies under the rolling-deployment rules. Meant for cron:
-
-    [bold]* * * * * cloudproxy --quiet reconcile[/bold]
-
-    Examples: [bold]cloudproxy reconcile --dry-run[/bold] ·
-    [bold]cloudproxy reconcile --provider local --json[/bold]
-    """
-    from cloudproxy_cli.app.service import run_reconcile
-    from cloudproxy_cli.app.status import run_document
-    from cloudproxy_cli.app.wiring import (
-        SystemClock,
-        build_runtimes,
-        make_prober,
-        select_instances,
-    )
-
-    opts = _options(ctx)
-    loaded = opts.load_config()
-    chosen = select_instances(loaded.settings, provider, instance)  # fail fast on a bad filter
-    store = opts.store()
-    prober = make_prober(loaded.settings, {p for p, _, _ in chosen})
-    runtimes: list[Any] = []
-
-    def instances_for(state: State) -> list[Any]:
-        runtimes[:] = build_runtimes(
-            loaded, state.overrides, store.path, provider=provider, instance=instance
-        )
-        return runtimes
-
-    try:
-        report = run_reconcile(instances_for, store, prober, SystemClock(), dry_run=dry_run)
-    finally:
-        close = getattr(prober, "close", None)
-        if close is not None:
-            close()
-    code = render.run_exit_code(report)
-    policies = {str(r.key): r.policy for r in runtimes}
-    if as_json:
-        render.print_json(run_document(report, policies, int(code)))
-    else:
-        render.print_run(report, policies)
-    return int(code)
-
-
-# --- rolling ---------------------------------------------------------------------------------
-
-
-@rolling_app.command("status")
-def rolling_status(
-    ctx: typer.Context,
-    provider: Annotated[str | None, typer.Argument(help="Only this provider.")] = None,
-    instance: Annotated[str | None, typer.Argument(help="Only this instance of it.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
-) -> int:
-    """Show the rolling-deployment status recorded by the last reconcile run.
-
-    Counts describe each instance's fleet after that run's actions. Reads the state file only:
-    no cloud API is called.
-
-    Examples: [bold]cloudproxy rolling status[/bold] ·
-    [bold]cloudproxy rolling status digitalocean default --json[/bold]
-    """
-    from cloudproxy_cli.app.status import status_document
-    from cloudproxy_cli.app.wiring import effective_rolling
-
-    opts = _options(ctx)
-    loaded = opts.load_config()
-    result = opts.store().load()
-    if result.warning:
-        log.warning("%s", result.warning)
-    rolling = effective_rolling(loaded, result.state.overrides)
-    keys = [f"{p}/{i}" for p, i, _ in loaded.settings.enabled_instances()]
-    doc = status_document(
-        result.state, rolling, keys, now=_now(), provider=provider, instance=instance
-    )
-    if as_json:
-        render.print_json(doc)
-    else:
-        render.print_status(doc)
-    return ExitCode.OK
-
-
-@rolling_app.command("set")
-def rolling_set(
-    ctx: typer.Context,
-    enable: Annotated[
-        bool | None,
-        typer.Option("--enable/--disable", help="Turn rolling deployment on or off."),
-    ] = None,
-    min_available: Annotated[
-        int | None,
-        typer.Option(
-            "--min-available", min=0, help="Healthy proxies to keep while recycling (>= 0)."
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option("--batch-size", min=1, help="Proxies recycled at once (>= 1)."),
-    ] = None,
-    strategy: Annotated[
-        Strategy | None,
-        typer.Option(
-            "--strategy",
-            help="replace: delete, then create. surge: create first, delete once healthy.",
-        ),
-    ] = None,
-) -> int:
-    """Change rolling-deployment settings; they win over env and TOML until `rolling reset`.
-
-    Only the options you give change. Stored in the state file, so they survive restarts.
-
-    Example: [bold]cloudproxy rolling set --enable --batch-size 3[/bold]
-    """
-    from cloudproxy_cli.app.wiring import effective_rolling
-
-    changes: dict[str, Any] = {
-        "enabled": enable,
-        "min_available": min_available,
-        "batch_size": batch_size,
-        "strategy": None if strategy is None else str(strategy),
-    }
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if not changes:
-        raise UsageError(
-            "nothing to set: give --enable/--disable, --min-available, --batch-size or --strategy"
-        )
-    opts = _options(ctx)
-    loaded = opts.load_config()
-    state = opts.store().update(
-        lambda s: replace(s, overrides=replace(s.overrides, **changes)),
-        on_warning=lambda w: log.warning("%s", w),
-    )
-    render.print_rolling_config(effective_rolling(loaded, state.overrides))
-    return ExitCode.OK
-
-
-@rolling_app.command("reset")
-def rolling_reset(ctx: typer.Context) -> int:
-    """Forget every `rolling set` value: env and TOML apply again.
-
-    Example: [bold]cloudproxy rolling reset[/bold]
-    """
-    from cloudproxy_cli.app.wiring import effective_rolling
-
-    opts = _options(ctx)
-    loaded = opts.load_config()
-    state = opts.store().update(
-        lambda s: replace(s, overrides=RollingOverrides()),
-        on_warning=lambda w: log.warning("%s", w),
-    )
-    render.print_rolling_config(effective_rolling(loaded, state.overrides))
-    return ExitCode.OK
-
-
-# --- proxies, destroy, config -------------------------------------------------------------------
-
-
-@app.command()
-def destroy(
-    ctx: typer.Context,
-    address: Annotated[
-        str, typer.Argument(help="The proxy's address as status shows it (IP, or ip:port).")
-    ],
-) -> int:
-    """Delete one proxy now, bypassing the rolling rules; the next reconcile replaces it.
-
-    Example: [bold]cloudproxy destroy 203.0.113.7[/bold]
-    """
-    from cloudproxy_cli.app.service import destroy_proxy
-    from cloudproxy_cli.app.wiring import SystemClock, build_runtimes
-
-    opts = _options(ctx)
-    loaded = opts.load_config()
-    store = opts.store()
-    runtimes = build_runtimes(loaded, store.load().state.overrides, store.path)
-    result = destroy_proxy(address, runtimes, store, SystemClock())
-    render.console().print(
-        f"Destroyed {result.proxy.address or result.proxy.id} ({result.proxy.id}) in "
-        f"{result.key}; the next reconcile creates its replacement."
-    )
-    return ExitCode.OK
-
-
-@app.command()
-def proxies(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> int:
-    """List the proxies with their URLs (credentials included), state and age.
-
-    Example: [bold]cloudproxy proxies --json[/bold]
-    """
-    from cloudproxy_cli.app.wiring import build_runtimes
-
-    opts = _options(ctx)
-    loaded = opts.load_config()
-    store = opts.store()
-    state = store.load().state
-    username, password = loaded.settings.proxy_credentials()
-    rows: list[dict[str, Any]] = []
-    errors: list[str] = []
-    runtimes = build_runtimes(loaded, state.overrides, store.path)
-    for runtime in runtimes:
-        try:
-            listed = runtime.provider.list_proxies()
-        except ProviderError as exc:
-            log.error("Could not list the proxies of %s: %s", runtime.key, exc)
-            errors.append(str(exc))
-            continue
-        snap = state.instance(str(runtime.key)).snapshot
-        rows += render.proxy_rows(
-            runtime.key, listed, snap, username, password, runtime.proxy_port, _now()
-        )
-    if as_json:
-        render.print_json({"proxies": rows, "errors": errors})
-    else:
-        render.print_proxies(rows)
-    if errors:
-        return ExitCode.PARTIAL if len(errors) < len(runtimes) else ExitCode.FAILURE
-    return ExitCode.OK
-
-
-@config_app.command("show")
-def config_show(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> int:
-    """Print every effective setting and where it came from; secrets are masked.
-
-    Example: [bold]cloudproxy --config cloudproxy.toml.example config show[/bold]
-    """
-    from cloudproxy_cli.adapters.state_file import STATE_FILE_ENV
-    from cloudproxy_cli.config import describe
-
-    opts = _options(ctx)
-    loaded = opts.load_config()
-    rows = [(r.name, r.value, r.source) for r in describe(loaded)]
-    state_source = (
-        "--state-file"
-        if opts.state_file
-        else f"env {STATE_FILE_ENV}"
-        if os.environ.get(STATE_FILE_ENV, "").strip()
-        else "default"
-    )
-    rows.append(("state_file", str(opts.store().path), state_source))
-    rows.append(("config_file", str(loaded.file) if loaded.file else "(none)", "resolved"))
-    if as_json:
-        render.print_json({"settings": [{"name": n, "value": v, "source": s} for n, v, s in rows]})
-    else:
-        render.print_config(rows)
-    return ExitCode.OK
 
 
 # --- entry point -----------------------------------------------------------------------------
@@ -415,19 +102,35 @@ _EXIT_CODES: tuple[tuple[type[CloudProxyError], ExitCode], ...] = (
 )
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (``main`` exits with it)."""
+def _usage_error(exc: TyperException) -> int:
+    """Typer's (vendored click's) usage errors: bad option, bad value."""
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    _error(message + hint)
+    return int(getattr(exc, "exit_code", ExitCode.USAGE))
+
+
+def _invoke(argv: list[str] | None, environ: Mapping[str, str]) -> int:
+    result = app(args=argv, prog_name="cloudproxy", standalone_mode=False, obj=environ)
+    if isinstance(result, CommandResult):
+        return int(render.emit(result))
+    # --help and the like: click returns their exit code.
+    return result if isinstance(result, int) else ExitCode.OK
+
+
+def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the CLI and return its exit code (``main`` exits with it).
+
+    Settings are read from ``environ`` (default ``os.environ``)."""
+    env = os.environ if environ is None else environ
     try:
-        result = app(args=argv, prog_name="cloudproxy", standalone_mode=False)
+        return _invoke(argv, env)
     except typer.Abort:
         _error("aborted")
         return ExitCode.FAILURE
-    except TyperException as exc:  # Typer's (vendored click's) usage errors: bad option, value
-        ctx = getattr(exc, "ctx", None)
-        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        _error(message + hint)
-        return int(getattr(exc, "exit_code", ExitCode.USAGE))
+    except TyperException as exc:
+        return _usage_error(exc)
     except CloudProxyError as exc:
         _error(str(exc))
         return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
@@ -435,13 +138,10 @@ def run(argv: list[str] | None = None) -> int:
         _error("interrupted")
         return 130
     except Exception as exc:  # a bug: say so in one line; CLOUDPROXY_DEBUG=1 shows the traceback
-        if os.environ.get("CLOUDPROXY_DEBUG"):
+        if env.get("CLOUDPROXY_DEBUG"):
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (set CLOUDPROXY_DEBUG=1 for details)")
         return ExitCode.FAILURE
-    if isinstance(result, int):
-        return result
-    return ExitCode.OK
 
 
 def main() -> None:

@@ -7,28 +7,42 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from rich.console import Console
 from rich.table import Table
 
-from cloudproxy_cli.app.service import RunReport
 from cloudproxy_cli.app.status import counts_after, iso
-from cloudproxy_cli.app.wiring import EffectiveRolling
 from cloudproxy_cli.cli.exit_codes import ExitCode
 from cloudproxy_cli.core.model import InstanceKey, Proxy
 from cloudproxy_cli.core.plan import CreateAction, DeleteAction
-from cloudproxy_cli.core.policy import InstancePolicy
 from cloudproxy_cli.core.state import InstanceSnapshot
 
+if TYPE_CHECKING:
+    from cloudproxy_cli.app.service import RunReport
+    from cloudproxy_cli.app.wiring import EffectiveRolling
+    from cloudproxy_cli.cli.results import CommandResult
+    from cloudproxy_cli.core.policy import InstancePolicy
 
-@cache
+
 def console() -> Console:
+    """A console on the current ``sys.stdout`` (made per result: tests swap the stream)."""
     # Rich honours NO_COLOR itself. Off a terminal (cron, pipes) lines must not be wrapped.
     tty = sys.stdout.isatty()
-    return Console(highlight=False, markup=False, soft_wrap=not tty, width=None if tty else 200)
+    return Console(
+        file=sys.stdout, highlight=False, markup=False, soft_wrap=not tty,
+        width=None if tty else 200,
+    )  # fmt: skip
+
+
+def emit(result: CommandResult) -> ExitCode:
+    """Print a command's result (its JSON document, or its text) and return its exit code."""
+    if result.as_json:
+        print_json(result.document())
+    else:
+        result.render(console())
+    return result.exit_code
 
 
 def setup_logging(level: int) -> None:
@@ -49,16 +63,7 @@ def print_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
-def run_exit_code(report: RunReport) -> ExitCode:
-    listed_failed = [i for i in report.instances if i.error is not None]
-    any_failed = [i for i in report.instances if i.failed]
-    if report.instances and len(listed_failed) == len(report.instances):
-        return ExitCode.FAILURE
-    return ExitCode.PARTIAL if any_failed else ExitCode.OK
-
-
-def print_run(report: RunReport, policies: dict[str, InstancePolicy]) -> None:
-    out = console()
+def print_run(out: Console, report: RunReport, policies: dict[str, InstancePolicy]) -> None:
     head = "Plan (dry run, nothing changed)" if report.dry_run else "Reconciled"
     out.print(f"{head} at {iso(report.started_at)}")
     for inst in report.instances:
@@ -98,9 +103,9 @@ def print_run(report: RunReport, policies: dict[str, InstancePolicy]) -> None:
             out.print("  nothing to do")
 
 
-def print_rolling_config(rolling: EffectiveRolling) -> None:
+def print_rolling_config(out: Console, rolling: EffectiveRolling) -> None:
     p, src = rolling.policy, rolling.sources
-    console().print(
+    out.print(
         f"Rolling deployment: enabled={str(p.enabled).lower()} ({src['enabled']}), "
         f"min_available={p.min_available} ({src['min_available']}), "
         f"batch_size={p.batch_size} ({src['batch_size']}), "
@@ -108,8 +113,7 @@ def print_rolling_config(rolling: EffectiveRolling) -> None:
     )
 
 
-def print_status(doc: dict[str, Any]) -> None:
-    out = console()
+def print_status(out: Console, doc: dict[str, Any]) -> None:
     cfg = doc["config"]
     src = cfg["sources"]
     out.print(
@@ -196,22 +200,22 @@ def proxy_rows(
     return rows
 
 
-def print_proxies(rows: list[dict[str, Any]]) -> None:
+def print_proxies(out: Console, rows: list[dict[str, Any]]) -> None:
     table = Table(show_edge=False)
     for column in ("instance", "url", "state", "age", "id"):
         table.add_column(column)
     for r in rows:
         table.add_row(r["instance"], r["url"] or "(no address yet)", r["state"],
                       _age(r["age_s"]), r["id"])  # fmt: skip
-    console().print(table)
+    out.print(table)
     if not rows:
-        console().print("no proxies")
+        out.print("no proxies")
 
 
-def print_config(rows: list[tuple[str, str, str]]) -> None:
+def print_config(out: Console, rows: list[tuple[str, str, str]]) -> None:
     table = Table(show_edge=False)
     for column in ("setting", "value", "source"):
         table.add_column(column)
     for name, value, source in rows:
         table.add_row(name, value, source)
-    console().print(table)
+    out.print(table)

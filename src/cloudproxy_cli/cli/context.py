@@ -1,0 +1,55 @@
+"""What every command shares: the global options, the environment, and the config and state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from cloudproxy_cli.adapters.state_file import StateFile
+    from cloudproxy_cli.config import LoadedConfig
+
+log = logging.getLogger("cloudproxy")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The root options, and the environment this invocation reads its settings from."""
+
+    config: Path | None
+    state_file: Path | None
+    environ: Mapping[str, str]
+
+    def load_config(self) -> LoadedConfig:
+        from cloudproxy_cli.config import load_config
+
+        loaded = load_config(self.config, self.environ)
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        return loaded
+
+    def store(self) -> StateFile:
+        from cloudproxy_cli.app.wiring import make_state_store
+
+        return make_state_store(self.state_file, self.environ)
+
+
+def options(ctx: typer.Context) -> Options:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Options)
+    return obj
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def warn(message: str | None) -> None:
+    if message:
+        log.warning("%s", message)

@@ -1,0 +1,79 @@
+"""`cloudproxy proxies` and `cloudproxy destroy`: list the proxies, delete one by hand."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cloudproxy_cli.cli import render
+from cloudproxy_cli.cli.context import now, options, warn
+from cloudproxy_cli.cli.results import DestroyResult, ProxiesResult
+from cloudproxy_cli.core.errors import ProviderError
+
+if TYPE_CHECKING:
+    from cloudproxy_cli.app.service import InstanceRuntime
+    from cloudproxy_cli.config import LoadedConfig
+    from cloudproxy_cli.core.state import State
+
+log = logging.getLogger("cloudproxy")
+
+
+def destroy(
+    ctx: typer.Context,
+    address: Annotated[
+        str, typer.Argument(help="The proxy's address as status shows it (IP, or ip:port).")
+    ],
+) -> DestroyResult:
+    """Delete one proxy now, bypassing the rolling rules; the next reconcile replaces it.
+
+    Example: [bold]cloudproxy destroy 203.0.113.7[/bold]
+    """
+    from cloudproxy_cli.app.service import destroy_proxy
+    from cloudproxy_cli.app.wiring import SystemClock, build_runtimes
+
+    opts = options(ctx)
+    loaded = opts.load_config()
+    store = opts.store()
+    # A write: a corrupt state file is moved aside first, not overwritten by the save.
+    with store.lock():
+        warn(store.recover())
+        runtimes = build_runtimes(loaded, store.load().state.overrides, store.path)
+        return DestroyResult(destroy_proxy(address, runtimes, store, SystemClock()))
+
+
+def proxies(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> ProxiesResult:
+    """List the proxies with their URLs (credentials included), state and age.
+
+    Example: [bold]cloudproxy proxies --json[/bold]
+    """
+    from cloudproxy_cli.app.wiring import build_runtimes
+
+    opts = options(ctx)
+    loaded = opts.load_config()
+    store = opts.store()
+    loaded_state = store.load()
+    warn(loaded_state.warning)
+    runtimes = build_runtimes(loaded, loaded_state.state.overrides, store.path)
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for runtime in runtimes:
+        try:
+            rows += _rows(runtime, loaded, loaded_state.state)
+        except ProviderError as exc:
+            log.error("Could not list the proxies of %s: %s", runtime.key, exc)
+            errors.append(str(exc))
+    return ProxiesResult(rows, len(runtimes), errors, as_json=as_json)
+
+
+def _rows(runtime: InstanceRuntime, loaded: LoadedConfig, state: State) -> list[dict[str, Any]]:
+    username, password = loaded.settings.proxy_credentials()
+    listed = runtime.provider.list_proxies()
+    snap = state.instance(str(runtime.key)).snapshot
+    return render.proxy_rows(
+        runtime.key, listed, snap, username, password, runtime.proxy_port, now()
+    )

@@ -1,0 +1,117 @@
+"""`cloudproxy rolling status|set|reset`: read and change the rolling-deployment knobs.
+
+Reads and writes only the state file: nothing here imports a cloud SDK or adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Annotated, Any
+
+import typer
+
+from cloudproxy_cli.cli.context import Options, now, options, warn
+from cloudproxy_cli.cli.results import RollingConfigResult, StatusResult
+from cloudproxy_cli.core.errors import UsageError
+from cloudproxy_cli.core.policy import Strategy
+from cloudproxy_cli.core.state import RollingOverrides, State
+
+rolling_app = typer.Typer(
+    help="Rolling deployments: see and change how aged proxies are recycled.",
+    epilog="Example: cloudproxy rolling status --json",
+    no_args_is_help=True,
+)
+
+
+@rolling_app.command("status")
+def rolling_status(
+    ctx: typer.Context,
+    provider: Annotated[str | None, typer.Argument(help="Only this provider.")] = None,
+    instance: Annotated[str | None, typer.Argument(help="Only this instance of it.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
+) -> StatusResult:
+    """Show the rolling-deployment status recorded by the last reconcile run.
+
+    Counts describe each instance's fleet after that run's actions. Reads the state file only:
+    no cloud API is called.
+
+    Examples: [bold]cloudproxy rolling status[/bold] ·
+    [bold]cloudproxy rolling status digitalocean default --json[/bold]
+    """
+    from cloudproxy_cli.app.status import status_document
+    from cloudproxy_cli.app.wiring import effective_rolling
+
+    opts = options(ctx)
+    loaded = opts.load_config()
+    result = opts.store().load()
+    warn(result.warning)
+    rolling = effective_rolling(loaded, result.state.overrides)
+    keys = [f"{p}/{i}" for p, i, _ in loaded.settings.enabled_instances()]
+    doc = status_document(
+        result.state, rolling, keys, now=now(), provider=provider, instance=instance
+    )
+    return StatusResult(doc, as_json=as_json)
+
+
+@rolling_app.command("set")
+def rolling_set(
+    ctx: typer.Context,
+    enable: Annotated[
+        bool | None,
+        typer.Option("--enable/--disable", help="Turn rolling deployment on or off."),
+    ] = None,
+    min_available: Annotated[
+        int | None,
+        typer.Option(
+            "--min-available", min=0, help="Healthy proxies to keep while recycling (>= 0)."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Proxies recycled at once (>= 1)."),
+    ] = None,
+    strategy: Annotated[
+        Strategy | None,
+        typer.Option(
+            "--strategy",
+            help="replace: delete, then create. surge: create first, delete once healthy.",
+        ),
+    ] = None,
+) -> RollingConfigResult:
+    """Change rolling-deployment settings; they win over env and TOML until `rolling reset`.
+
+    Only the options you give change. Stored in the state file, so they survive restarts.
+
+    Example: [bold]cloudproxy rolling set --enable --batch-size 3[/bold]
+    """
+    changes: dict[str, Any] = {
+        "enabled": enable,
+        "min_available": min_available,
+        "batch_size": batch_size,
+        "strategy": None if strategy is None else str(strategy),
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        raise UsageError(
+            "nothing to set: give --enable/--disable, --min-available, --batch-size or --strategy"
+        )
+    return _update(options(ctx), lambda s: replace(s, overrides=replace(s.overrides, **changes)))
+
+
+@rolling_app.command("reset")
+def rolling_reset(ctx: typer.Context) -> RollingConfigResult:
+    """Forget every `rolling set` value: env and TOML apply again.
+
+    Example: [bold]cloudproxy rolling reset[/bold]
+    """
+    return _update(options(ctx), lambda s: replace(s, overrides=RollingOverrides()))
+
+
+def _update(opts: Options, change: Callable[[State], State]) -> RollingConfigResult:
+    """Apply ``change`` to the state under the lock (config validated first)."""
+    from cloudproxy_cli.app.wiring import effective_rolling
+
+    loaded = opts.load_config()
+    state = opts.store().update(change, on_warning=warn)
+    return RollingConfigResult(effective_rolling(loaded, state.overrides))
