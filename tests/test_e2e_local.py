@@ -1,4 +1,4 @@
-"""End to end: the real `cloudproxy` command recycles a real local fleet under the rolling rules."""
+"""End to end: the cloudproxy command (its real entry point) recycles a real local fleet."""
 
 from __future__ import annotations
 

@@ -1,16 +1,21 @@
-"""Runs the real `cloudproxy` console script in a subprocess with a clean, isolated environment."""
+"""Runs `cloudproxy` in a sandbox: in-process through ``run(argv, environ)``, or as a process."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from cloudproxy_cli.cli.app import run
 from cloudproxy_cli.config import PROVIDER_SETTINGS
 
 _script = Path(sys.executable).with_name("cloudproxy")
@@ -28,6 +33,49 @@ _SETTING_PREFIXES = (
     "ALLOW_OPEN_PROXY",
     "NO_COLOR",
 )
+
+
+class Outcome(Protocol):
+    """What both runners report: a finished process, or an in-process run."""
+
+    @property
+    def returncode(self) -> int: ...
+
+    @property
+    def stdout(self) -> str: ...
+
+    @property
+    def stderr(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Ran:
+    """One in-process run: exit code, and stdout and stderr captured apart."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextmanager
+def _sandboxed(env: Mapping[str, str], cwd: Path) -> Iterator[None]:
+    """For one run: exactly ``env`` as the process environment (adapters and platformdirs read
+    os.environ too), ``cwd`` as the working directory; both, and the logger, restored after."""
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    logger = logging.getLogger("cloudproxy")
+    saved_log = (logger.handlers[:], logger.level, logger.propagate)
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        logger.handlers[:], logger.level, logger.propagate = saved_log
 
 
 @dataclass
@@ -61,6 +109,14 @@ class Cli:
     def local_dir(self) -> Path:
         return self.state_file.parent / "local"
 
+    def run(self, *args: str, **env: str) -> Ran:
+        """``cloudproxy ARGS`` in this process, through the console script's own ``run``."""
+        environ = {**self.env, **env}
+        out, err = io.StringIO(), io.StringIO()
+        with _sandboxed(environ, self.root / "work"), redirect_stdout(out), redirect_stderr(err):
+            code = run(list(args), environ)
+        return Ran(list(args), code, out.getvalue(), err.getvalue())
+
     def popen(self, *args: str, **env: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [*COMMAND, *args],
@@ -72,7 +128,10 @@ class Cli:
             text=True,
         )
 
-    def run(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    def run_process(
+        self, *args: str, timeout: float = 60, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """``cloudproxy ARGS`` as a real process (for locks, signals and import checks)."""
         return subprocess.run(
             [*COMMAND, *args],
             cwd=self.root / "work",
@@ -90,7 +149,7 @@ class Cli:
         return json.loads(result.stdout)
 
 
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+def one_line_error(result: Outcome) -> str:
     """Asserts the failure was reported as exactly one line on stderr, no traceback."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
