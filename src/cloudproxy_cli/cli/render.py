@@ -16,11 +16,10 @@ from rich.table import Table
 
 from cloudproxy_cli.app.service import RunReport
 from cloudproxy_cli.app.status import counts_after, iso
-from cloudproxy_cli.app.wiring import EffectiveRolling
 from cloudproxy_cli.cli.exit_codes import ExitCode
 from cloudproxy_cli.core.model import InstanceKey, Proxy
 from cloudproxy_cli.core.plan import CreateAction, DeleteAction
-from cloudproxy_cli.core.policy import InstancePolicy
+from cloudproxy_cli.core.policy import EffectiveRolling, InstancePolicy
 from cloudproxy_cli.core.state import InstanceSnapshot
 
 
