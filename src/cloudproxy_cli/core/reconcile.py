@@ -1,5 +1,8 @@
 """The reconcile rules of ``behaviour.md`` as pure functions: observe → plan, one step per rule."""
 
+# ``reconcile`` runs the steps below in order. Each reads the ``Fleet`` (what was observed)
+# and records what it decides in the call's ``RunDecisions``; neither escapes the call.
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -26,7 +29,7 @@ def is_aged(proxy: Proxy, policy: InstancePolicy, now: datetime) -> bool:
 
 
 @dataclass(frozen=True)
-class _Fleet:
+class Fleet:
     """What this run observed of one instance, with the health history brought up to date."""
 
     proxies: tuple[Proxy, ...]  # oldest first, so that the plan does not depend on list order
@@ -41,8 +44,8 @@ class _Fleet:
 
 
 @dataclass
-class _Run:
-    """Working memory of one ``reconcile`` call: the decisions so far (never escapes it)."""
+class RunDecisions:
+    """The decisions of one ``reconcile`` call so far, in the order they were taken."""
 
     key: InstanceKey
     policy: InstancePolicy
@@ -89,7 +92,7 @@ def reconcile(
       failed runs in a row, and nothing is removed for health while a large share fail together;
     - the plan depends on the set of observed proxies, not on their order.
     """
-    run = _Run(key, policy, now)
+    run = RunDecisions(key, policy, now)
     fleet = health_history(observed, health, state, policy, now=now)
     fleet = detect_mass_failure(run, fleet)
     ops, retries = carry_operations(run, fleet, state.operations)
@@ -130,7 +133,7 @@ def health_history(
     policy: InstancePolicy,
     *,
     now: datetime,
-) -> _Fleet:
+) -> Fleet:
     """The observed fleet, oldest first, with each proxy's record updated by this run's probe."""
     proxies = tuple(sorted(observed, key=lambda p: (p.created_at, p.id)))
     healthy = frozenset(
@@ -158,7 +161,7 @@ def health_history(
         and not records[p.id].established
         and now - p.created_at <= policy.pending_timeout
     )
-    return _Fleet(
+    return Fleet(
         proxies=proxies,
         by_id={p.id: p for p in proxies},
         health=health,
@@ -173,7 +176,7 @@ def health_history(
 # -- mass failure -------------------------------------------------------------------------------
 
 
-def detect_mass_failure(run: _Run, fleet: _Fleet) -> _Fleet:
+def detect_mass_failure(run: RunDecisions, fleet: Fleet) -> Fleet:
     """Many proxies that should answer failing at once point at the prober or the network."""
     policy = run.policy
     expected = [
@@ -192,7 +195,7 @@ def detect_mass_failure(run: _Run, fleet: _Fleet) -> _Fleet:
 
 
 def carry_operations(
-    run: _Run, fleet: _Fleet, operations: Sequence[RecycleOperation]
+    run: RunDecisions, fleet: Fleet, operations: Sequence[RecycleOperation]
 ) -> tuple[list[RecycleOperation], list[Proxy]]:
     """The operations still open after what this run observed, and the old proxies of replace
     operations whose deletion failed earlier (to retry). Adopts unknown booting proxies."""
@@ -229,7 +232,7 @@ def carry_operations(
     return ops + _adopt(fleet, ops, now=run.now), retries
 
 
-def _observe_operation(op: RecycleOperation, fleet: _Fleet) -> RecycleOperation:
+def _observe_operation(op: RecycleOperation, fleet: Fleet) -> RecycleOperation:
     """Bring an operation up to date: is its old proxy gone, does its replacement still exist?"""
     old_present = op.old_id is not None and op.old_id in fleet.by_id
     return replace(
@@ -240,7 +243,7 @@ def _observe_operation(op: RecycleOperation, fleet: _Fleet) -> RecycleOperation:
 
 
 def _adopt(
-    fleet: _Fleet, ops: Sequence[RecycleOperation], *, now: datetime
+    fleet: Fleet, ops: Sequence[RecycleOperation], *, now: datetime
 ) -> list[RecycleOperation]:
     # A booting proxy we have no record of (lost state, or a crash between create and save)
     # may be some recycle's replacement: count it as in flight until it is healthy.
@@ -255,7 +258,7 @@ def _adopt(
 # -- remove unhealthy ---------------------------------------------------------------------------
 
 
-def remove_unhealthy(run: _Run, fleet: _Fleet) -> None:
+def remove_unhealthy(run: RunDecisions, fleet: Fleet) -> None:
     """Stuck proxies (never healthy within PENDING_TIMEOUT) and broken ones (failed too often)."""
     policy = run.policy
     for p in fleet.proxies:
@@ -289,7 +292,7 @@ class _Budget:
 
 
 def select_recycles(
-    run: _Run, fleet: _Fleet, ops: list[RecycleOperation], retries: Sequence[Proxy]
+    run: RunDecisions, fleet: Fleet, ops: list[RecycleOperation], retries: Sequence[Proxy]
 ) -> list[RecycleOperation]:
     """Aged proxies to recycle, oldest first; returns the open operations with the new ones."""
     ops_old = {op.old_id for op in ops if op.old_id}
@@ -307,15 +310,15 @@ def select_recycles(
     return _rolling_select(run, fleet, ops, retries, candidates)
 
 
-def _recycle_at_once(run: _Run, proxies: Sequence[Proxy]) -> None:
+def _recycle_at_once(run: RunDecisions, proxies: Sequence[Proxy]) -> None:
     age_limit = run.policy.age_limit or timedelta()
     for p in proxies:
         run.remove(p, DeleteKind.AGED, messages.aged_rolling_off(run.age(p), age_limit))
 
 
 def _rolling_select(
-    run: _Run,
-    fleet: _Fleet,
+    run: RunDecisions,
+    fleet: Fleet,
     ops: list[RecycleOperation],
     retries: Sequence[Proxy],
     candidates: Sequence[Proxy],
@@ -356,7 +359,7 @@ def _rolling_select(
     return ops
 
 
-def _retry_deletion(run: _Run, fleet: _Fleet, p: Proxy, budget: _Budget) -> None:
+def _retry_deletion(run: RunDecisions, fleet: Fleet, p: Proxy, budget: _Budget) -> None:
     after = budget.available - 1
     if p.id not in fleet.healthy and not fleet.mass_failure:
         run.remove(p, DeleteKind.RECYCLE, messages.RETRY_UNHEALTHY)
@@ -367,7 +370,9 @@ def _retry_deletion(run: _Run, fleet: _Fleet, p: Proxy, budget: _Budget) -> None
         run.defer(p, messages.retry_deferred(after, budget.minimum))
 
 
-def _select_candidate(run: _Run, fleet: _Fleet, p: Proxy, in_flight: int, budget: _Budget) -> bool:
+def _select_candidate(
+    run: RunDecisions, fleet: Fleet, p: Proxy, in_flight: int, budget: _Budget
+) -> bool:
     """Decide one aged proxy; true when a recycle operation opens for it."""
     policy = run.policy
     rolling = policy.rolling
@@ -403,7 +408,7 @@ def _select_candidate(run: _Run, fleet: _Fleet, p: Proxy, in_flight: int, budget
 
 
 def scale(
-    run: _Run, fleet: _Fleet, ops: Sequence[RecycleOperation]
+    run: RunDecisions, fleet: Fleet, ops: Sequence[RecycleOperation]
 ) -> tuple[tuple[CreateAction, ...], list[RecycleOperation]]:
     """Creates up to MIN_SCALING (within MAX_SCALING), or surplus deletes above it."""
     policy = run.policy
@@ -431,7 +436,7 @@ def scale(
 
 
 def _create(
-    run: _Run, fleet: _Fleet, ops: Sequence[RecycleOperation], counted: int, deficit: int
+    run: RunDecisions, fleet: Fleet, ops: Sequence[RecycleOperation], counted: int, deficit: int
 ) -> tuple[CreateAction, ...]:
     policy = run.policy
     n = deficit
@@ -464,8 +469,8 @@ def _create(
 
 
 def close_operations(
-    run: _Run,
-    fleet: _Fleet,
+    run: RunDecisions,
+    fleet: Fleet,
     ops: Sequence[RecycleOperation],
     creates: Sequence[CreateAction],
 ) -> tuple[RecycleOperation, ...]:
@@ -491,7 +496,7 @@ def close_operations(
     return tuple(still_open)
 
 
-def _close_with_old(run: _Run, fleet: _Fleet, op: RecycleOperation) -> None:
+def _close_with_old(run: RunDecisions, fleet: Fleet, op: RecycleOperation) -> None:
     """Make the deletion of the operation's old proxy (planned, or a surge surplus) close it."""
     remaining = fleet.by_id.get(op.old_id) if op.old_id is not None else None
     if remaining is None:
