@@ -183,9 +183,8 @@ def detect_mass_failure(run: RunDecisions, fleet: Fleet) -> Fleet:
         p for p in fleet.proxies if fleet.records[p.id].established or p.id not in fleet.pending
     ]
     failing = [p for p in expected if p.id not in fleet.healthy]
-    mass_failure = len(failing) >= policy.mass_failure_min_count and len(
-        failing
-    ) > policy.mass_failure_share * len(expected)
+    enough = len(failing) >= policy.mass_failure_min_count
+    mass_failure = enough and len(failing) > policy.mass_failure_share * len(expected)
     if mass_failure:
         run.warnings.append(messages.mass_failure(len(failing), len(expected), run.key))
     return replace(fleet, mass_failure=mass_failure)
