@@ -396,7 +396,8 @@ def test_a_vanished_inventory_directory_is_an_error_not_an_empty_list(inventory:
 
 
 def test_a_naive_clock_is_rejected(inventory: Path) -> None:
-    provider = make_provider(inventory, clock=lambda: datetime(2024, 5, 1))
+    # Naive on purpose: this test checks that the provider refuses a clock without a timezone.
+    provider = make_provider(inventory, clock=lambda: datetime(2024, 5, 1))  # noqa: DTZ001
     with pytest.raises(ValueError, match="aware"):
         provider.create_proxy()
     assert provider.list_proxies() == []

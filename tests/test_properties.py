@@ -13,7 +13,7 @@ from cloudproxy_cli.core.model import ProbeResult, ProbeTarget, Proxy
 from cloudproxy_cli.core.plan import DeleteKind, Plan
 from cloudproxy_cli.core.policy import Strategy
 from cloudproxy_cli.core.reconcile import reconcile
-from cloudproxy_cli.core.state import InstanceState
+from cloudproxy_cli.core.state import InstanceState, OperationStrategy
 from tests.support.fakes import FakeProber
 from tests.support.harness import Harness, policy
 
@@ -62,7 +62,7 @@ def check_run(h: Harness, plan: Plan) -> None:
     healthy = plan.healthy_ids
     state = h.store.state.instance(str(h.key))
     opened = [op for op in state.operations if op.opened_at == h.clock.now() and op.old_id]
-    recycle_ops = [op for op in state.operations if op.strategy != "adopted"]
+    recycle_ops = [op for op in state.operations if op.strategy != OperationStrategy.ADOPTED]
 
     # In flight never exceeds the batch because of a recycle opened by this run.
     if p.rolling.enabled:

@@ -10,9 +10,9 @@ from cloudproxy_cli.app.service import InstanceRuntime, destroy_proxy, run_recon
 from cloudproxy_cli.core.errors import ProviderError, ProxyNotFoundError
 from cloudproxy_cli.core.model import InstanceKey, ProbeResult
 from cloudproxy_cli.core.plan import DeleteKind
-from cloudproxy_cli.core.policy import Strategy
+from cloudproxy_cli.core.policy import RollingPolicy, Strategy, rolling_in_force
 from cloudproxy_cli.core.reconcile import reconcile
-from cloudproxy_cli.core.state import InstanceState
+from cloudproxy_cli.core.state import InstanceState, RollingOverrides
 from tests.support.fakes import FakeProvider
 from tests.support.harness import Harness, policy
 
@@ -361,6 +361,26 @@ def test_destroy_unknown_address_is_an_error() -> None:
     with pytest.raises(ProxyNotFoundError):
         destroy_proxy("127.9.9.9", [h.runtime], h.store, h.clock)
     assert h.ids() == {"p0"}
+
+
+# -- rolling set: overrides win over env, file and defaults -----------------------------------
+
+
+def test_rolling_set_overrides_win_and_each_knob_names_its_source() -> None:
+    base = RollingPolicy(enabled=False, min_available=3, batch_size=4, strategy=Strategy.REPLACE)
+    sources = {"rolling_batch_size": "env ROLLING_BATCH_SIZE", "rolling_deployment": "file x"}
+    overrides = RollingOverrides(enabled=True, strategy="surge")
+
+    rolling = rolling_in_force(base, sources, overrides)
+
+    assert rolling.policy == RollingPolicy(True, 3, 4, Strategy.SURGE)
+    assert rolling.sources == {
+        "enabled": "rolling set",
+        "min_available": "default",
+        "batch_size": "env ROLLING_BATCH_SIZE",
+        "strategy": "rolling set",
+    }
+    assert rolling_in_force(base, sources, RollingOverrides()).policy == base
 
 
 # -- rule 9: persistence -----------------------------------------------------------------------

@@ -31,6 +31,7 @@ from cloudproxy_cli.core.state import (
     Deferral,
     InstanceSnapshot,
     InstanceState,
+    OperationStrategy,
     ProxyRecord,
     RecycleOperation,
     RollingOverrides,
@@ -53,14 +54,14 @@ def rich_state() -> State:
     operation = RecycleOperation(
         op_id="op-1",
         opened_at=T0 + timedelta(hours=1),
-        strategy="replace",
+        strategy=OperationStrategy.REPLACE,
         old_id="p0",
         old_address="203.0.113.7",
         old_created_at=T0 - timedelta(days=2),
         old_deleted=True,
         replacement_id="p2",
     )
-    adopted = RecycleOperation(op_id="op-2", opened_at=T0, strategy="adopted")
+    adopted = RecycleOperation(op_id="op-2", opened_at=T0, strategy=OperationStrategy.ADOPTED)
     snapshot = InstanceSnapshot(
         last_update=T0 + timedelta(hours=1, minutes=1),
         healthy_ips=("203.0.113.1",),
@@ -189,6 +190,17 @@ def test_round_trip(path: Path) -> None:
     assert json.loads(path.read_text())["schema_version"] == 1
     # A second object (a later run) reads the same thing.
     assert StateFile(path).load().state == state
+
+
+def test_operation_strategies_are_stored_as_their_plain_names(path: Path) -> None:
+    StateFile(path).save(rich_state())
+    stored = json.loads(path.read_text())["instances"]["digitalocean/default"]["operations"]
+    assert [op["strategy"] for op in stored] == ["replace", "adopted"]
+    # A file written before the strategy became an enum holds the same strings: it loads.
+    path.write_text(path.read_text().replace('"replace"', '"surge"'))
+    loaded = StateFile(path).load().state.instance("digitalocean/default").operations
+    assert [op.strategy for op in loaded] == [OperationStrategy.SURGE, OperationStrategy.ADOPTED]
+    assert all(isinstance(op.strategy, OperationStrategy) for op in loaded)
 
 
 def test_save_replaces_previous_state(path: Path) -> None:

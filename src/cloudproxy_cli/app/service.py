@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Protocol
 
 from cloudproxy_cli.core.errors import (
     CloudProxyError,
@@ -16,36 +15,15 @@ from cloudproxy_cli.core.errors import (
     ProxyNotFoundError,
 )
 from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget, Proxy
+from cloudproxy_cli.core.outcomes import apply_outcomes
 from cloudproxy_cli.core.plan import ActionOutcome, CreateAction, DeleteAction, Plan
 from cloudproxy_cli.core.policy import InstancePolicy
-from cloudproxy_cli.core.ports import Clock, Prober, Provider
-from cloudproxy_cli.core.reconcile import (
-    apply_outcomes,
-    failed_snapshot,
-    manual_delete_plan,
-    reconcile,
-)
+from cloudproxy_cli.core.ports import Clock, Prober, Provider, StateStore
+from cloudproxy_cli.core.reconcile import manual_delete_plan, reconcile
+from cloudproxy_cli.core.snapshot import failed_snapshot
 from cloudproxy_cli.core.state import InstanceSnapshot, State
 
 log = logging.getLogger("cloudproxy")
-
-
-class LoadedState(Protocol):
-    @property
-    def state(self) -> State: ...
-
-    @property
-    def warning(self) -> str | None: ...
-
-
-class StateStore(Protocol):
-    """Where the state lives between runs (the JSON state file in production)."""
-
-    def lock(self) -> AbstractContextManager[object]: ...
-
-    def load(self) -> LoadedState: ...
-
-    def save(self, state: State) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from cloudproxy_cli.app.service import InstanceReport, RunReport
-from cloudproxy_cli.app.wiring import EffectiveRolling
 from cloudproxy_cli.core.errors import UsageError
 from cloudproxy_cli.core.model import Proxy
+from cloudproxy_cli.core.outcomes import apply_outcomes
 from cloudproxy_cli.core.plan import ActionOutcome, CreateAction, DeleteAction
-from cloudproxy_cli.core.policy import InstancePolicy
-from cloudproxy_cli.core.reconcile import apply_outcomes
+from cloudproxy_cli.core.policy import EffectiveRolling, InstancePolicy
 from cloudproxy_cli.core.state import InstanceSnapshot, State, encode_snapshot
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +11,12 @@ from typing import TYPE_CHECKING
 from cloudproxy_cli.app.service import InstanceRuntime
 from cloudproxy_cli.core.errors import ConfigError, UsageError
 from cloudproxy_cli.core.model import InstanceKey
-from cloudproxy_cli.core.policy import InstancePolicy, RollingPolicy, Strategy
+from cloudproxy_cli.core.policy import (
+    EffectiveRolling,
+    InstancePolicy,
+    RollingPolicy,
+    rolling_in_force,
+)
 from cloudproxy_cli.core.state import RollingOverrides
 
 if TYPE_CHECKING:
@@ -29,42 +33,14 @@ RESOURCE_NOUNS = {
     "local": "proxy",
 }
 
-OVERRIDE_SOURCE = "rolling set"
-
 
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class EffectiveRolling:
-    """The rolling knobs in force and where each came from (`rolling set`, env, file, default)."""
-
-    policy: RollingPolicy
-    sources: dict[str, str]
-
-
 def effective_rolling(loaded: LoadedConfig, overrides: RollingOverrides) -> EffectiveRolling:
-    base = loaded.settings.rolling_policy()
-    o = overrides
-
-    def source(override: object, setting: str) -> str:
-        return OVERRIDE_SOURCE if override is not None else loaded.sources.get(setting, "default")
-
-    policy = RollingPolicy(
-        enabled=base.enabled if o.enabled is None else o.enabled,
-        min_available=base.min_available if o.min_available is None else o.min_available,
-        batch_size=base.batch_size if o.batch_size is None else o.batch_size,
-        strategy=base.strategy if o.strategy is None else Strategy(o.strategy),
-    )
-    sources = {
-        "enabled": source(o.enabled, "rolling_deployment"),
-        "min_available": source(o.min_available, "rolling_min_available"),
-        "batch_size": source(o.batch_size, "rolling_batch_size"),
-        "strategy": source(o.strategy, "rolling_strategy"),
-    }
-    return EffectiveRolling(policy, sources)
+    return rolling_in_force(loaded.settings.rolling_policy(), loaded.sources, overrides)
 
 
 def instance_policy(

@@ -21,9 +21,8 @@ from cloudproxy_cli.core.state import InstanceSnapshot
 
 if TYPE_CHECKING:
     from cloudproxy_cli.app.service import RunReport
-    from cloudproxy_cli.app.wiring import EffectiveRolling
     from cloudproxy_cli.cli.results import CommandResult
-    from cloudproxy_cli.core.policy import InstancePolicy
+    from cloudproxy_cli.core.policy import EffectiveRolling, InstancePolicy
 
 
 def console() -> Console:

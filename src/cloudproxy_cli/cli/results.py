@@ -14,8 +14,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from cloudproxy_cli.app.service import DestroyReport, RunReport
-    from cloudproxy_cli.app.wiring import EffectiveRolling
-    from cloudproxy_cli.core.policy import InstancePolicy
+    from cloudproxy_cli.core.policy import EffectiveRolling, InstancePolicy
 
 
 @dataclass(frozen=True, kw_only=True)

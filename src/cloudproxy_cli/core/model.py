@@ -43,6 +43,11 @@ class Proxy:
             return None
         return self.ip if self.port is None else f"{self.ip}:{self.port}"
 
+    @property
+    def label(self) -> str:
+        """How log lines and status name it: its address, or its id while it has none."""
+        return self.address or self.id
+
 
 @dataclass(frozen=True, slots=True)
 class ProbeTarget:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+
+from cloudproxy_cli.core.state import RollingOverrides
 
 
 class Strategy(StrEnum):
@@ -48,3 +51,49 @@ class InstancePolicy:
 
     def min_available_adjusted(self) -> bool:
         return self.rolling.min_available >= self.min_scaling
+
+
+OVERRIDE_SOURCE = "rolling set"
+
+# The setting behind each rolling knob, as the configuration's sources name it.
+_ROLLING_SETTINGS = {
+    "enabled": "rolling_deployment",
+    "min_available": "rolling_min_available",
+    "batch_size": "rolling_batch_size",
+    "strategy": "rolling_strategy",
+}
+
+
+@dataclass(frozen=True)
+class EffectiveRolling:
+    """The rolling knobs in force and where each came from (`rolling set`, env, file, default)."""
+
+    policy: RollingPolicy
+    sources: dict[str, str]
+
+
+def rolling_in_force(
+    base: RollingPolicy, sources: Mapping[str, str], overrides: RollingOverrides
+) -> EffectiveRolling:
+    """``base`` (from env, file and defaults) with the `rolling set` overrides on top.
+
+    ``sources`` says where each setting of ``base`` came from; a knob without an entry there
+    is reported as ``default``, an overridden one as ``rolling set``.
+    """
+    o = overrides
+    policy = RollingPolicy(
+        enabled=base.enabled if o.enabled is None else o.enabled,
+        min_available=base.min_available if o.min_available is None else o.min_available,
+        batch_size=base.batch_size if o.batch_size is None else o.batch_size,
+        strategy=base.strategy if o.strategy is None else Strategy(o.strategy),
+    )
+    # A knob's name is also its field in RollingOverrides.
+    return EffectiveRolling(
+        policy,
+        {
+            knob: OVERRIDE_SOURCE
+            if getattr(o, knob) is not None
+            else sources.get(setting, "default")
+            for knob, setting in _ROLLING_SETTINGS.items()
+        },
+    )

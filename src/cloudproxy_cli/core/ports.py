@@ -1,12 +1,14 @@
-"""The Protocols the shell talks through: providers, the prober, the clock."""
+"""The Protocols the shell talks through: providers, the prober, the clock, the state store."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 
 from cloudproxy_cli.core.model import ProbeResult, ProbeTarget, Proxy
+from cloudproxy_cli.core.state import State
 
 
 class Provider(Protocol):
@@ -39,3 +41,21 @@ class Prober(Protocol):
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
+
+
+class LoadedState(Protocol):
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def warning(self) -> str | None: ...
+
+
+class StateStore(Protocol):
+    """Where the state lives between runs (the JSON state file in production)."""
+
+    def lock(self) -> AbstractContextManager[object]: ...
+
+    def load(self) -> LoadedState: ...
+
+    def save(self, state: State) -> None: ...

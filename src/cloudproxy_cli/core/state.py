@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -35,6 +36,14 @@ class ProxyRecord:
     last_healthy_at: datetime | None = None
 
 
+class OperationStrategy(StrEnum):
+    """How an open recycle operation proceeds; the state file stores the value."""
+
+    REPLACE = "replace"  # the old proxy was deleted first; waiting for its replacement
+    SURGE = "surge"  # the old proxy serves until its replacement is healthy
+    ADOPTED = "adopted"  # a booting proxy found without history, counted as in flight
+
+
 @dataclass(frozen=True, slots=True)
 class RecycleOperation:
     """One aged proxy being replaced. Open from selection until its replacement is healthy.
@@ -46,7 +55,7 @@ class RecycleOperation:
 
     op_id: str
     opened_at: datetime
-    strategy: str  # "replace" | "surge" | "adopted"
+    strategy: OperationStrategy
     old_id: str | None = None
     old_address: str | None = None
     old_created_at: datetime | None = None
@@ -207,7 +216,7 @@ def encode_state(state: State) -> dict[str, Any]:
                 {
                     "op_id": op.op_id,
                     "opened_at": _ts(op.opened_at),
-                    "strategy": op.strategy,
+                    "strategy": str(op.strategy),
                     "old_id": op.old_id,
                     "old_address": op.old_address,
                     "old_created_at": _ts(op.old_created_at),
@@ -263,7 +272,7 @@ def decode_state(doc: Any) -> State:
                 RecycleOperation(
                     op_id=str(op["op_id"]),
                     opened_at=_req_ts(op["opened_at"]),
-                    strategy=str(op["strategy"]),
+                    strategy=OperationStrategy(op["strategy"]),
                     old_id=op.get("old_id"),
                     old_address=op.get("old_address"),
                     old_created_at=_parse_ts(op.get("old_created_at")),
