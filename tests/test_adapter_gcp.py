@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from cloudproxy_cli.adapters.common import ProxySettings
-from cloudproxy_cli.adapters.gcp import GcpProvider, from_settings
+from cloudproxy_cli.adapters.gcp import GcpProvider
 from cloudproxy_cli.adapters.user_data import render_user_data
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import GcpSettings
 from cloudproxy_cli.core.errors import ConfigError, ProviderError
 from tests.standins.gcp import PROXY, GcpStandIn, make_standin
@@ -223,7 +224,7 @@ def test_names_are_valid_even_for_long_instance_names(standin: GcpStandIn) -> No
     assert len(created.id) <= 63
     assert standin.vm_tags(created.id)[f"cloudproxy-{instance}"] == ""
     with pytest.raises(ConfigError, match="at most 52"):
-        from_settings(instance="a" * 53, settings=standin.settings(), proxy=PROXY)
+        factories.gcp(instance="a" * 53, settings=standin.settings(), proxy=PROXY)
 
 
 def test_a_failed_insert_operation_is_a_provider_error(standin: GcpStandIn) -> None:
@@ -455,7 +456,7 @@ def test_credential_settings_errors_are_one_line(
 ) -> None:
     settings = GcpSettings.model_validate({"enabled": True, **values})
     with pytest.raises(ConfigError) as info:
-        from_settings(instance=instance, settings=settings, proxy=PROXY)
+        factories.gcp(instance=instance, settings=settings, proxy=PROXY)
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
 
@@ -465,7 +466,7 @@ def test_a_broken_key_is_reported_without_its_content(standin: GcpStandIn) -> No
     info["private_key"] = info["private_key"][:200]  # truncated while pasting
     settings = GcpSettings.model_validate({"service_account_key": json.dumps(info)})
     with pytest.raises(ConfigError) as raised:
-        from_settings(instance="default", settings=settings, proxy=PROXY)
+        factories.gcp(instance="default", settings=settings, proxy=PROXY)
     assert str(raised.value).startswith("GCP_SERVICE_ACCOUNT_KEY: not a usable service account")
     assert info["private_key"][30:80] not in str(raised.value)
     assert raised.value.__cause__ is None
@@ -476,10 +477,10 @@ def test_a_key_without_project_needs_gcp_project(standin: GcpStandIn) -> None:
     del info["project_id"]
     settings = GcpSettings.model_validate({"service_account_key": json.dumps(info)})
     with pytest.raises(ConfigError, match=r"^GCP_PROJECT: required for gcp/default"):
-        from_settings(instance="default", settings=settings, proxy=PROXY)
+        factories.gcp(instance="default", settings=settings, proxy=PROXY)
 
 
 def test_key_text_and_key_file_together_are_refused(standin: GcpStandIn) -> None:
     both = standin.settings("default").model_copy(update={"sa_json": "/some/key.json"})
     with pytest.raises(ConfigError, match="set one of them"):
-        from_settings(instance="default", settings=both, proxy=PROXY)
+        factories.gcp(instance="default", settings=both, proxy=PROXY)

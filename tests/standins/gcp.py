@@ -21,7 +21,8 @@ from google.auth import exceptions as auth_exceptions
 from google.auth import jwt
 
 from cloudproxy_cli.adapters.common import ProxySettings
-from cloudproxy_cli.adapters.gcp import GcpProvider, from_settings
+from cloudproxy_cli.adapters.gcp import GcpProvider
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import GcpSettings
 from tests.standins.base import Kind
 from tests.standins.http import (
@@ -214,7 +215,7 @@ class GcpStandIn:
         """The adapter for ``instance``; ``settings``/``proxy``/``sleep`` may be overridden."""
         settings = kwargs.pop("settings", None) or self.settings(instance)
         proxy = kwargs.pop("proxy", PROXY)
-        return from_settings(instance=instance, settings=settings, proxy=proxy, **kwargs)
+        return factories.gcp(instance=instance, settings=settings, proxy=proxy, **kwargs)
 
     @property
     def secrets(self) -> tuple[str, ...]:
