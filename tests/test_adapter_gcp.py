@@ -75,6 +75,26 @@ def test_pagination_follows_next_page_token(standin: GcpStandIn) -> None:
     assert standin.requests() == ["list"] * 3
 
 
+def test_a_next_page_token_that_repeats_is_an_error_not_a_loop(standin: GcpStandIn) -> None:
+    gcp = provider(standin)
+    gcp.create_proxy()
+    standin.endless_pages = "again"
+    standin.reset_requests()
+    with pytest.raises(ProviderError, match=r"^gcp/default: list: the API's next page repeats"):
+        gcp.list_proxies()
+    assert standin.requests() == ["list"] * 2  # the first page, then "0" once
+
+
+def test_an_endless_next_page_token_stops_at_the_page_bound(standin: GcpStandIn) -> None:
+    gcp = provider(standin, max_pages=7)
+    gcp.create_proxy()
+    standin.endless_pages = "new"
+    standin.reset_requests()
+    with pytest.raises(ProviderError, match=r"^gcp/default: list: more than 7 pages$"):
+        gcp.list_proxies()
+    assert standin.requests() == ["list"] * 7
+
+
 def test_one_page_is_one_request_with_both_labels_in_the_filter(standin: GcpStandIn) -> None:
     gcp = provider(standin)
     gcp.create_proxy()
@@ -399,6 +419,28 @@ def test_401_is_a_one_line_auth_error_without_secrets(
     for secret in standin.secrets:
         assert secret not in message
         assert secret not in repr(info.value.__cause__)
+
+
+@pytest.mark.parametrize("status", [400, 403, 503])
+def test_a_secret_the_api_echoes_never_reaches_the_message_or_the_log(
+    standin: GcpStandIn, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    gcp = provider(standin)
+    pem_line = standin.account("proj-default").private_pem.splitlines()[1]  # of the key
+    echoed = f"Invalid value 'user:{PROXY.password}' near {pem_line}"
+    standin.fail_next("create", status, times=4, message=echoed)
+    with pytest.raises(ProviderError) as info:
+        gcp.create_proxy()
+    message = str(info.value)
+    assert message.startswith("gcp/default: create ") and "Invalid value" in message
+    assert "\n" not in message
+    assert info.value.__cause__ is None
+    for secret in (PROXY.password or "-", pem_line):
+        assert secret not in message
+        assert secret not in caplog.text
+    if status == 503:  # retried: each failure was logged, scrubbed
+        assert "transient failure" in caplog.text and "Invalid value 'user:***'" in caplog.text
 
 
 def test_nothing_secret_is_logged_while_working(
