@@ -176,33 +176,25 @@ class DigitalOceanProvider:
         if not proxy_id.isdigit():  # also keeps any other path out of the URL
             raise self._env.error(f"{proxy_id!r} is not a droplet id")
 
-        def read() -> dict[str, Any] | None:
-            manager = digitalocean.Manager(**self._sdk())
-            try:
-                answer = self._request(
-                    "read droplet", "GET", lambda: manager.get_data(f"droplets/{proxy_id}")
-                )
-            except HttpError as exc:
-                if exc.status == 404:
-                    return None  # already gone
-                raise self._rest.error("read droplet", exc) from None
-            droplet = answer.get("droplet") if isinstance(answer, dict) else None
-            return droplet if isinstance(droplet, dict) else {}
-
-        def delete(_: object) -> None:
-            target = digitalocean.Droplet(id=int(proxy_id), **self._sdk())
-            try:
-                self._request("delete droplet", "DELETE", target.destroy)
-            except HttpError as exc:
-                if exc.status != 404:  # 404: already gone, which is what we wanted
-                    raise self._rest.error("delete droplet", exc) from None
-
+        manager = digitalocean.Manager(**self._sdk())
+        target = digitalocean.Droplet(id=int(proxy_id), **self._sdk())
         guarded_delete(
             proxy_id,
             owned=self._owned,
-            read=read,
+            read=lambda: self._rest.item_or_none(
+                "read droplet",
+                partial(
+                    self._request,
+                    "read droplet",
+                    "GET",
+                    partial(manager.get_data, f"droplets/{proxy_id}"),
+                ),
+                "droplet",
+            ),
             owns=lambda droplet: owns_tags(droplet.get("tags"), self._instance),
-            delete=delete,
+            delete=lambda _: self._rest.delete(
+                "delete droplet", partial(self._request, "delete droplet", "DELETE", target.destroy)
+            ),
             key=self._env.key,
             noun="droplet",
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import requests
 
@@ -72,6 +72,28 @@ class RestCalls:
             return self.request(what, method, fn)
         except HttpError as exc:
             raise self.error(what, exc) from None
+
+    def item_or_none(
+        self, what: str, request: Callable[[], object], key: str
+    ) -> dict[str, Any] | None:
+        """The ``key`` object of a read's answer (``{}`` if it names none); ``None`` on 404.
+        ``request`` raises ``HttpError`` for an error answer, as ``request`` does."""
+        try:
+            answer = request()
+        except HttpError as exc:
+            if exc.status == 404:
+                return None  # already gone
+            raise self.error(what, exc) from None
+        item = answer.get(key) if isinstance(answer, dict) else None
+        return item if isinstance(item, dict) else {}
+
+    def delete(self, what: str, request: Callable[[], object]) -> None:
+        """A delete; a 404 (already gone) is what it wanted."""
+        try:
+            request()
+        except HttpError as exc:
+            if exc.status != 404:
+                raise self.error(what, exc) from None
 
     def error(self, what: str, exc: HttpError) -> ProviderError:
         if exc.status in AUTH_STATUSES:

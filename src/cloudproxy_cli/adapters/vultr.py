@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -161,29 +162,18 @@ class VultrProvider:
     def delete_proxy(self, proxy_id: str) -> None:
         path = f"/instances/{_path_segment(proxy_id)}"
 
-        def read() -> dict[str, Any] | None:
-            try:
-                answer = self._request(_Call("GET", path, "read instance"))
-            except HttpError as exc:
-                if exc.status == 404:
-                    return None  # already gone
-                raise self._rest.error("read instance", exc) from None
-            item = answer.get("instance") if isinstance(answer, dict) else None
-            return item if isinstance(item, dict) else {}
-
-        def delete(_: object) -> None:
-            try:
-                self._request(_Call("DELETE", path, "delete instance"))
-            except HttpError as exc:
-                if exc.status != 404:
-                    raise self._rest.error("delete instance", exc) from None
-
         guarded_delete(
             proxy_id,
             owned=self._owned,
-            read=read,
+            read=lambda: self._rest.item_or_none(
+                "read instance",
+                partial(self._request, _Call("GET", path, "read instance")),
+                "instance",
+            ),
             owns=lambda item: owns_tags(item.get("tags"), self._instance),
-            delete=delete,
+            delete=lambda _: self._rest.delete(
+                "delete instance", partial(self._request, _Call("DELETE", path, "delete instance"))
+            ),
             key=self._env.key,
             noun="instance",
         )
