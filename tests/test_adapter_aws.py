@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cloudproxy_cli.adapters.aws import AwsProvider, from_settings
+from cloudproxy_cli.adapters.aws import AwsProvider
 from cloudproxy_cli.adapters.user_data import render_user_data
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import AwsSettings
 from cloudproxy_cli.core.errors import ConfigError, FirewallMissingError, ProviderError
 from tests.standins.aws import (
@@ -522,10 +523,10 @@ def test_mixed_up_credentials_are_refused(standin: AwsStandIn) -> None:
 def test_a_named_instance_needs_its_own_keys(standin: AwsStandIn) -> None:
     settings = AwsSettings(enabled=True, api_endpoint=standin.endpoint)
     with pytest.raises(ConfigError, match=r"^AWS_EU_ACCESS_KEY_ID/AWS_EU_SECRET_ACCESS_KEY: req"):
-        from_settings(instance="eu", settings=settings, proxy=standin.proxy_settings())
+        factories.aws(instance="eu", settings=settings, proxy=standin.proxy_settings())
     half = AwsSettings.model_validate({"enabled": True, "access_key_id": "AKIAEXAMPLE"})
     with pytest.raises(ConfigError, match="set both or neither"):
-        from_settings(instance="default", settings=half, proxy=standin.proxy_settings())
+        factories.aws(instance="default", settings=half, proxy=standin.proxy_settings())
 
 
 def test_a_malformed_region_is_a_config_error(standin: AwsStandIn) -> None:
@@ -546,7 +547,7 @@ def test_the_default_instance_may_use_boto3s_chain_and_endpoint_variable(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask a metadata server
-    provider = from_settings(
+    provider = factories.aws(
         instance="default",
         settings=AwsSettings(enabled=True, region=REGION),
         proxy=standin.proxy_settings(),

@@ -10,8 +10,9 @@ import pytest
 from pydantic import SecretStr
 
 from cloudproxy_cli.adapters.common import ProxySettings
-from cloudproxy_cli.adapters.digitalocean import DEFAULT_ENDPOINT, from_settings
+from cloudproxy_cli.adapters.digitalocean import DEFAULT_ENDPOINT
 from cloudproxy_cli.adapters.user_data import render_user_data
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import DigitalOceanSettings
 from cloudproxy_cli.core.errors import ProviderError
 from tests.standins.digitalocean import PROXY_PASSWORD, PROXY_PORT, DigitalOceanStandIn
@@ -182,7 +183,9 @@ def test_an_error_the_api_explains_is_reported_without_retry(
     settings = DigitalOceanSettings(
         access_token=SecretStr(standin.tokens[0]), api_endpoint=standin.endpoint, size=" "
     )
-    provider = from_settings(instance="default", settings=settings, proxy=standin.proxy_settings())
+    provider = factories.digitalocean(
+        instance="default", settings=settings, proxy=standin.proxy_settings()
+    )
     with pytest.raises(ProviderError) as err:
         provider.create_proxy()
     message = one_line(err, standin)
@@ -261,7 +264,9 @@ def test_401_on_a_create_is_the_same_auth_error(standin: DigitalOceanStandIn) ->
 
 def test_no_token_is_an_error_before_any_request(standin: DigitalOceanStandIn) -> None:
     settings = DigitalOceanSettings(api_endpoint=standin.endpoint)
-    provider = from_settings(instance="eu", settings=settings, proxy=standin.proxy_settings())
+    provider = factories.digitalocean(
+        instance="eu", settings=settings, proxy=standin.proxy_settings()
+    )
     with pytest.raises(ProviderError) as err:
         provider.list_proxies()
     assert one_line(err, standin) == (
@@ -379,7 +384,7 @@ def test_each_instance_uses_its_own_endpoint_over_the_library_variable(
     try:
         monkeypatch.setenv("DIGITALOCEAN_END_POINT", other.endpoint)
         here = standin.provider("one")
-        there = from_settings(
+        there = factories.digitalocean(
             instance="two",
             settings=DigitalOceanSettings(access_token=SecretStr(other.tokens[0])),
             proxy=other.proxy_settings(),
@@ -398,7 +403,7 @@ def test_without_endpoint_settings_the_real_api_is_named_and_not_called(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("DIGITALOCEAN_END_POINT", raising=False)
-    provider = from_settings(
+    provider = factories.digitalocean(
         instance="default",
         settings=DigitalOceanSettings(),
         proxy=DigitalOceanStandIn.proxy_settings(),

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from cloudproxy_cli.adapters.common import ProxySettings
-from cloudproxy_cli.adapters.gcp import GcpProvider, from_settings
+from cloudproxy_cli.adapters.gcp import GcpProvider
 from cloudproxy_cli.adapters.user_data import render_user_data
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import GcpSettings
 from cloudproxy_cli.core.errors import ConfigError, ProviderError
 from tests.standins.gcp import PROXY, GcpStandIn, make_standin
@@ -72,6 +73,26 @@ def test_pagination_follows_next_page_token(standin: GcpStandIn) -> None:
     lists = standin.requests_of("list")
     assert [r.query.get("pageToken") for r in lists] == [None, "2", "4"]
     assert standin.requests() == ["list"] * 3
+
+
+def test_a_next_page_token_that_repeats_is_an_error_not_a_loop(standin: GcpStandIn) -> None:
+    gcp = provider(standin)
+    gcp.create_proxy()
+    standin.endless_pages = "again"
+    standin.reset_requests()
+    with pytest.raises(ProviderError, match=r"^gcp/default: list: the API's next page repeats"):
+        gcp.list_proxies()
+    assert standin.requests() == ["list"] * 2  # the first page, then "0" once
+
+
+def test_an_endless_next_page_token_stops_at_the_page_bound(standin: GcpStandIn) -> None:
+    gcp = provider(standin, max_pages=7)
+    gcp.create_proxy()
+    standin.endless_pages = "new"
+    standin.reset_requests()
+    with pytest.raises(ProviderError, match=r"^gcp/default: list: more than 7 pages$"):
+        gcp.list_proxies()
+    assert standin.requests() == ["list"] * 7
 
 
 def test_one_page_is_one_request_with_both_labels_in_the_filter(standin: GcpStandIn) -> None:
@@ -223,7 +244,7 @@ def test_names_are_valid_even_for_long_instance_names(standin: GcpStandIn) -> No
     assert len(created.id) <= 63
     assert standin.vm_tags(created.id)[f"cloudproxy-{instance}"] == ""
     with pytest.raises(ConfigError, match="at most 52"):
-        from_settings(instance="a" * 53, settings=standin.settings(), proxy=PROXY)
+        factories.gcp(instance="a" * 53, settings=standin.settings(), proxy=PROXY)
 
 
 def test_a_failed_insert_operation_is_a_provider_error(standin: GcpStandIn) -> None:
@@ -400,6 +421,28 @@ def test_401_is_a_one_line_auth_error_without_secrets(
         assert secret not in repr(info.value.__cause__)
 
 
+@pytest.mark.parametrize("status", [400, 403, 503])
+def test_a_secret_the_api_echoes_never_reaches_the_message_or_the_log(
+    standin: GcpStandIn, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    gcp = provider(standin)
+    pem_line = standin.account("proj-default").private_pem.splitlines()[1]  # of the key
+    echoed = f"Invalid value 'user:{PROXY.password}' near {pem_line}"
+    standin.fail_next("create", status, times=4, message=echoed)
+    with pytest.raises(ProviderError) as info:
+        gcp.create_proxy()
+    message = str(info.value)
+    assert message.startswith("gcp/default: create ") and "Invalid value" in message
+    assert "\n" not in message
+    assert info.value.__cause__ is None
+    for secret in (PROXY.password or "-", pem_line):
+        assert secret not in message
+        assert secret not in caplog.text
+    if status == 503:  # retried: each failure was logged, scrubbed
+        assert "transient failure" in caplog.text and "Invalid value 'user:***'" in caplog.text
+
+
 def test_nothing_secret_is_logged_while_working(
     standin: GcpStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -455,7 +498,7 @@ def test_credential_settings_errors_are_one_line(
 ) -> None:
     settings = GcpSettings.model_validate({"enabled": True, **values})
     with pytest.raises(ConfigError) as info:
-        from_settings(instance=instance, settings=settings, proxy=PROXY)
+        factories.gcp(instance=instance, settings=settings, proxy=PROXY)
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
 
@@ -465,7 +508,7 @@ def test_a_broken_key_is_reported_without_its_content(standin: GcpStandIn) -> No
     info["private_key"] = info["private_key"][:200]  # truncated while pasting
     settings = GcpSettings.model_validate({"service_account_key": json.dumps(info)})
     with pytest.raises(ConfigError) as raised:
-        from_settings(instance="default", settings=settings, proxy=PROXY)
+        factories.gcp(instance="default", settings=settings, proxy=PROXY)
     assert str(raised.value).startswith("GCP_SERVICE_ACCOUNT_KEY: not a usable service account")
     assert info["private_key"][30:80] not in str(raised.value)
     assert raised.value.__cause__ is None
@@ -476,10 +519,10 @@ def test_a_key_without_project_needs_gcp_project(standin: GcpStandIn) -> None:
     del info["project_id"]
     settings = GcpSettings.model_validate({"service_account_key": json.dumps(info)})
     with pytest.raises(ConfigError, match=r"^GCP_PROJECT: required for gcp/default"):
-        from_settings(instance="default", settings=settings, proxy=PROXY)
+        factories.gcp(instance="default", settings=settings, proxy=PROXY)
 
 
 def test_key_text_and_key_file_together_are_refused(standin: GcpStandIn) -> None:
     both = standin.settings("default").model_copy(update={"sa_json": "/some/key.json"})
     with pytest.raises(ConfigError, match="set one of them"):
-        from_settings(instance="default", settings=both, proxy=PROXY)
+        factories.gcp(instance="default", settings=both, proxy=PROXY)

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cloudproxy_cli.adapters.common import ProxySettings
-from cloudproxy_cli.adapters.hetzner import from_settings
 from cloudproxy_cli.adapters.user_data import render_user_data
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import HetznerSettings
 from cloudproxy_cli.core.errors import ProviderError
 from tests.standins.hetzner import (
@@ -293,7 +293,7 @@ def test_a_read_only_token_is_told_apart(hz: HetznerStandIn) -> None:
 
 def test_no_token_fails_the_instance_without_a_request(hz: HetznerStandIn) -> None:
     settings = HetznerSettings(enabled=True, api_endpoint=hz.endpoint)
-    provider = from_settings(instance="default", settings=settings, proxy=PROXY, environ={})
+    provider = factories.hetzner(instance="default", settings=settings, proxy=PROXY, environ={})
     with pytest.raises(
         ProviderError, match=r"^hetzner/default: no API token; set HETZNER_ACCESS_TOKEN$"
     ):
@@ -303,7 +303,7 @@ def test_no_token_fails_the_instance_without_a_request(hz: HetznerStandIn) -> No
 
 def test_the_endpoint_comes_from_the_environment_when_not_set(hz: HetznerStandIn) -> None:
     settings = HetznerSettings.model_validate({"enabled": True, "access_token": hz.token})
-    provider = from_settings(
+    provider = factories.hetzner(
         instance="default",
         settings=settings,
         proxy=PROXY,

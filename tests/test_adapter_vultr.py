@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from cloudproxy_cli.adapters import vultr
 from cloudproxy_cli.adapters.user_data import render_user_data
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import VultrSettings
 from cloudproxy_cli.core.errors import FirewallMissingError, ProviderError
 from tests.standins.vultr import (
@@ -392,7 +392,7 @@ def test_403_names_the_access_control_list(api: VultrStandIn) -> None:
 
 
 def test_no_token_fails_without_a_request(api: VultrStandIn) -> None:
-    provider = vultr.from_settings(
+    provider = factories.vultr(
         instance="default",
         settings=VultrSettings(enabled=True, api_endpoint=api.endpoint),
         proxy=api.proxy_settings(),
@@ -429,7 +429,7 @@ def test_an_unreachable_api_is_a_short_error(api: VultrStandIn) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     sleeps: list[float] = []
-    provider = vultr.from_settings(
+    provider = factories.vultr(
         instance="default",
         settings=VultrSettings(
             enabled=True, api_token=TOKENS[0], api_endpoint=f"http://127.0.0.1:{port}/v2"
@@ -472,7 +472,7 @@ def test_endpoint_setting_then_env_then_the_real_api(
     proxy = api.proxy_settings()
 
     def endpoint(settings: VultrSettings) -> str:
-        return vultr.from_settings(instance="x", settings=settings, proxy=proxy).endpoint
+        return factories.vultr(instance="x", settings=settings, proxy=proxy).endpoint
 
     monkeypatch.delenv("VULTR_API_ENDPOINT", raising=False)
     assert endpoint(VultrSettings()) == "https://api.vultr.com/v2"
@@ -485,7 +485,7 @@ def test_settings_reach_the_create_call(api: VultrStandIn) -> None:
     settings = VultrSettings(
         api_token=TOKENS[0], api_endpoint=api.endpoint, region="fra", plan="vc2-2c-4gb", os_id=1743
     )
-    provider = vultr.from_settings(
+    provider = factories.vultr(
         instance="default",
         settings=settings,
         proxy=api.proxy_settings(),

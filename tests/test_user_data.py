@@ -31,10 +31,10 @@ from cloudproxy_cli.adapters.health import HttpProber
 from cloudproxy_cli.adapters.user_data import (
     CONF_DELIMITER,
     CONF_PATH,
-    proxy_settings,
     render_tinyproxy_conf,
     render_user_data,
 )
+from cloudproxy_cli.app.factories import proxy_settings
 from cloudproxy_cli.config import Settings, load_config
 from cloudproxy_cli.core.errors import ConfigError
 from cloudproxy_cli.core.model import ProbeTarget

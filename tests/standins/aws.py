@@ -33,8 +33,9 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from cloudproxy_cli.adapters.aws import UBUNTU_OWNER, AwsProvider, from_settings
+from cloudproxy_cli.adapters.aws import UBUNTU_OWNER, AwsProvider
 from cloudproxy_cli.adapters.common import ProxySettings
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import AwsSettings
 from tests.standins.base import Kind
 from tests.standins.http import (
@@ -271,9 +272,9 @@ class AwsStandIn:
         page_size: int | None = None,
         **fields: Any,
     ) -> AwsProvider:
-        """A real adapter through ``from_settings``; ``fields`` override ``AwsSettings``."""
+        """A real adapter through ``factories.aws``; ``fields`` override ``AwsSettings``."""
         extra: dict[str, Any] = {} if page_size is None else {"page_size": page_size}
-        return from_settings(
+        return factories.aws(
             instance=instance,
             settings=self.settings(instance, account, **fields),
             proxy=self.proxy_settings(allowed_ip),

@@ -21,7 +21,7 @@ class StandIn(Protocol):
     secrets: tuple[str, ...]  # the credentials its adapters were given: never in errors or logs
 
     def provider(self, instance: str = "default") -> Provider:
-        """A real adapter for ``instance``, built through ``from_settings`` and pointed here."""
+        """A real adapter for ``instance``, made by ``app.factories``, pointed here."""
         ...
 
     def add_foreign_vm(self, *, instance: str | None) -> str:

@@ -17,7 +17,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from pydantic import SecretStr
 
 from cloudproxy_cli.adapters.common import ProxySettings
-from cloudproxy_cli.adapters.digitalocean import DigitalOceanProvider, from_settings
+from cloudproxy_cli.adapters.digitalocean import DigitalOceanProvider
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import DigitalOceanSettings
 from tests.standins.base import Kind
 from tests.standins.http import (
@@ -168,7 +169,7 @@ class DigitalOceanStandIn:
             api_endpoint=endpoint if endpoint is not None else self.endpoint,
         )
         extra: dict[str, Any] = {} if page_size is None else {"page_size": page_size}
-        return from_settings(
+        return factories.digitalocean(
             instance=instance,
             settings=settings,
             proxy=proxy if proxy is not None else self.proxy_settings(),

@@ -21,7 +21,8 @@ from google.auth import exceptions as auth_exceptions
 from google.auth import jwt
 
 from cloudproxy_cli.adapters.common import ProxySettings
-from cloudproxy_cli.adapters.gcp import GcpProvider, from_settings
+from cloudproxy_cli.adapters.gcp import GcpProvider
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import GcpSettings
 from tests.standins.base import Kind
 from tests.standins.http import (
@@ -154,9 +155,10 @@ class Request:
 class _Failure(Failure):
     reason: str | None = None
     after_processing: bool = False  # the change is made, then the response is lost
+    message: str | None = None  # the API's error text (default: "injected failure <status>")
 
     def error(self) -> ApiError:
-        return ApiError(self.status, f"injected failure {self.status}", self.reason)
+        return ApiError(self.status, self.message or f"injected failure {self.status}", self.reason)
 
 
 @dataclass
@@ -168,6 +170,8 @@ class GcpStandIn:
     page_size: int = 500  # the server's cap on maxResults
     operations_finish: bool = True  # False: `wait` keeps answering RUNNING
     honour_filter: bool = True  # False: `list` ignores its filter (a misread filter)
+    # A broken API: every list page names a next page, "again" (repeated) or a new one ("new").
+    endless_pages: str | None = None
     vms: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name; each records project
     firewalls: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     operations: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
@@ -214,7 +218,7 @@ class GcpStandIn:
         """The adapter for ``instance``; ``settings``/``proxy``/``sleep`` may be overridden."""
         settings = kwargs.pop("settings", None) or self.settings(instance)
         proxy = kwargs.pop("proxy", PROXY)
-        return from_settings(instance=instance, settings=settings, proxy=proxy, **kwargs)
+        return factories.gcp(instance=instance, settings=settings, proxy=proxy, **kwargs)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -257,8 +261,10 @@ class GcpStandIn:
         times: int = 1,
         retry_after: int | None = None,
         reason: str | None = None,
+        message: str | None = None,
     ) -> None:
-        self._failures.add(kind, _Failure(status, retry_after, reason), times=times)
+        failure = _Failure(status, retry_after, reason, message=message)
+        self._failures.add(kind, failure, times=times)
 
     def lose_next_response(self, kind: Kind, status: int = 503) -> None:
         """The next ``kind`` request takes effect, but its response is a ``status`` error."""
@@ -356,6 +362,8 @@ class GcpStandIn:
             result["items"] = [_public(vm) for vm in page]
         if start + size < len(found):
             result["nextPageToken"] = str(start + size)
+        if self.endless_pages is not None:
+            result["nextPageToken"] = "0" if self.endless_pages == "again" else str(start + 1)
         return result
 
     def _insert(

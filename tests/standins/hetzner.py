@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cloudproxy_cli.adapters.common import ProxySettings
-from cloudproxy_cli.adapters.hetzner import HetznerProvider, from_settings
+from cloudproxy_cli.adapters.hetzner import HetznerProvider
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import HetznerSettings
 from tests.standins.base import Kind
 from tests.standins.http import (
@@ -162,7 +163,7 @@ class HetznerStandIn:
             "api_endpoint": self.endpoint,
             **settings,
         }
-        return from_settings(
+        return factories.hetzner(
             instance=instance,
             settings=HetznerSettings.model_validate(values),
             proxy=proxy,

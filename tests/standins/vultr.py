@@ -19,7 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 
 from cloudproxy_cli.adapters.common import ProxySettings
-from cloudproxy_cli.adapters.vultr import VultrProvider, from_settings
+from cloudproxy_cli.adapters.vultr import VultrProvider
+from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import VultrSettings
 from tests.standins.base import Kind
 from tests.standins.http import (
@@ -126,7 +127,7 @@ class VultrStandIn:
         session.trust_env = False
         self._sessions.append(session)
         extra: dict[str, Any] = {} if page_size is None else {"page_size": page_size}
-        return from_settings(
+        return factories.vultr(
             instance=instance,
             settings=settings,
             proxy=self.proxy_settings(allowed_ip),

@@ -5,35 +5,36 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from cloudproxy_cli.adapters.common import (
+    INSTANCE_KEY,
+    MAX_PAGES,
     TAG,
+    Envelope,
     ProxySettings,
     Retry,
-    call_with_retries,
+    allowed_cidrs,
     firewall_name,
-    one_line,
+    guarded_delete,
+    instance_labels,
+    owns_labels,
+    paginate,
     parse_retry_after,
 )
 from cloudproxy_cli.core.errors import ConfigError, FirewallMissingError, ProviderError
 from cloudproxy_cli.core.model import Proxy
-
-if TYPE_CHECKING:
-    from cloudproxy_cli.config import AwsSettings
 
 log = logging.getLogger("cloudproxy")
 
 T = TypeVar("T")
 
 PROVIDER = "aws"
-INSTANCE_TAG_KEY = "cloudproxy-instance"  # value: the provider instance's name
 # The newest Canonical Ubuntu 24.04 LTS image, when no AMI is configured.
 UBUNTU_OWNER = "099720109477"  # Canonical
 UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
@@ -43,7 +44,6 @@ PAGE_SIZE = 1000  # DescribeInstances allows 5..1000 per page
 LISTED_STATES = ("pending", "running", "stopping", "stopped")
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
-_MAX_PAGES = 1000  # a NextToken that never ends is a broken API, not a huge account
 
 _AUTH_CODES = frozenset(
     {
@@ -103,6 +103,10 @@ def _tags(item: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t.get("Value", "") for t in item.get("Tags", [])}
 
 
+def _tag_list(instance: str) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in instance_labels(instance).items()]
+
+
 class AwsProvider:
     """EC2 instances tagged ``cloudproxy`` and ``cloudproxy-instance=<instance>``; implements
     ``Provider``. ``client`` is a boto3 EC2 client of this instance's own session."""
@@ -119,6 +123,9 @@ class AwsProvider:
         page_size: int = PAGE_SIZE,
         sleep: Callable[[float], None] = time.sleep,
         secrets: Iterable[str] = (),
+        key_settings: str = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+        ami_setting: str = "AWS_AMI",
+        max_pages: int = MAX_PAGES,
     ) -> None:
         if not isinstance(spot, bool):  # the reference compared a string with a bool
             raise TypeError("spot must be a bool")
@@ -129,47 +136,50 @@ class AwsProvider:
         self._ami = ami  # looked up once per process when not configured
         self._spot = spot
         self._page_size = page_size
-        self._sleep = sleep
-        self._secrets = tuple(s for s in secrets if s)
+        self._max_pages = max_pages
+        self._key_settings = key_settings  # what to check on an auth failure
+        self._ami_setting = ami_setting  # what to set when no Ubuntu image is found
+        self._env = Envelope(
+            f"{PROVIDER}/{instance}", tuple(s for s in (*secrets, proxy.password) if s), sleep
+        )
         self._group_id: str | None = None  # from ensure_firewall, for create_proxy
 
     @property
     def _name(self) -> str:
-        return f"{PROVIDER}/{self._instance}"
+        return self._env.key
 
     # --- Provider ---------------------------------------------------------------------------
 
     def list_proxies(self) -> list[Proxy]:
         filters = [
-            {"Name": f"tag:{INSTANCE_TAG_KEY}", "Values": [self._instance]},
+            {"Name": f"tag:{INSTANCE_KEY}", "Values": [self._instance]},
             {"Name": "tag-key", "Values": [TAG]},
             {"Name": "instance-state-name", "Values": list(LISTED_STATES)},
         ]
-        proxies: list[Proxy] = []
-        token: str | None = None
+
         # One request per page, each retried on its own: a throttled third page does not
         # fetch the first two again (which a retried paginator would).
-        for _ in range(_MAX_PAGES):
+        def fetch(token: str | None) -> tuple[list[dict[str, Any]], str | None]:
             kwargs: dict[str, Any] = {"Filters": filters, "MaxResults": self._page_size}
             if token:
                 kwargs["NextToken"] = token
             page = self._call("list instances", partial(self._client.describe_instances, **kwargs))
-            for reservation in page.get("Reservations", []):
-                proxies.extend(
-                    self._to_proxy(item)
-                    for item in reservation.get("Instances", [])
-                    if self._is_ours(item) and item["State"]["Name"] in LISTED_STATES
-                )
-            token = page.get("NextToken")
-            if not token:
-                return proxies
-        raise ProviderError(f"{self._name}: list instances never reached its last page")
+            items = [i for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+            return items, page.get("NextToken") or None
+
+        return [
+            self._to_proxy(item)
+            for item in paginate(
+                fetch, fail=self._env.error, what="list instances", max_pages=self._max_pages
+            )
+            if self._is_ours(item) and item["State"]["Name"] in LISTED_STATES
+        ]
 
     def create_proxy(self) -> Proxy:
         from cloudproxy_cli.adapters.user_data import render_user_data
 
         group_id = self._group_id or self.ensure_firewall(None)
-        tags = [{"Key": TAG, "Value": "true"}, {"Key": INSTANCE_TAG_KEY, "Value": self._instance}]
+        tags = _tag_list(self._instance)
         # Tagged in the create call itself: an instance can never exist untagged (and so
         # invisible to us, billing forever) between a create and a later CreateTags.
         tag_specs = [{"ResourceType": "instance", "Tags": tags}]
@@ -211,8 +221,20 @@ class AwsProvider:
         return self._to_proxy(reservation["Instances"][0])
 
     def delete_proxy(self, proxy_id: str) -> None:
-        # One read first: it proves the instance is ours (AWS cannot scope a terminate by tag)
-        # and names its spot request.
+        # Always one read first: it proves the instance is ours (AWS cannot scope a terminate
+        # by tag) and names its spot request.
+        guarded_delete(
+            proxy_id,
+            owned=set(),
+            read=lambda: self._read_instance(proxy_id),
+            owns=self._is_ours,
+            delete=lambda item: self._terminate(proxy_id, item or {}),
+            key=self._name,
+            noun="instance",
+        )
+
+    def _read_instance(self, proxy_id: str) -> dict[str, Any] | None:
+        """The instance, or ``None`` if unknown (or an impossible id), or already terminated."""
         try:
             found = self._call(
                 f"look up instance {proxy_id}",
@@ -220,16 +242,14 @@ class AwsProvider:
                 passthrough=_INSTANCE_GONE,
             )
         except _Expected:
-            return  # unknown (or impossible) id: already gone
+            return None
         items = [i for r in found.get("Reservations", []) for i in r.get("Instances", [])]
         if not items or items[0]["State"]["Name"] == "terminated":
-            return
-        item = items[0]
-        if not self._is_ours(item):
-            log.warning(
-                "%s: instance %s is not one of its proxies; left alone", self._name, proxy_id
-            )
-            return
+            return None
+        item: dict[str, Any] = items[0]
+        return item
+
+    def _terminate(self, proxy_id: str, item: dict[str, Any]) -> None:
         request_id = item.get("SpotInstanceRequestId")
         if request_id:
             # Cancelled before the terminate: a request still open when its instance ends
@@ -275,7 +295,7 @@ class AwsProvider:
     # --- helpers ----------------------------------------------------------------------------
 
     def _create_group(self, name: str) -> str:
-        tags = [{"Key": TAG, "Value": "true"}, {"Key": INSTANCE_TAG_KEY, "Value": self._instance}]
+        tags = _tag_list(self._instance)
         created = self._call(
             f"create security group {name}",
             lambda: self._client.create_security_group(
@@ -294,11 +314,10 @@ class AwsProvider:
             "FromPort": self._proxy.port,
             "ToPort": self._proxy.port,
         }
-        allowed = self._proxy.allowed_ip
-        if allowed is not None and ipaddress.ip_address(allowed).version == 6:
-            rule["Ipv6Ranges"] = [{"CidrIpv6": f"{allowed}/128"}]
+        (cidr,) = allowed_cidrs(self._proxy.allowed_ip, open_ipv6=False)
+        if ipaddress.ip_network(cidr).version == 6:
+            rule["Ipv6Ranges"] = [{"CidrIpv6": cidr}]
         else:
-            cidr = f"{allowed}/32" if allowed is not None else "0.0.0.0/0"
             rule["IpRanges"] = [{"CidrIp": cidr}]
         return rule
 
@@ -339,19 +358,15 @@ class AwsProvider:
             )
             images = found.get("Images", [])
             if not images:
-                from cloudproxy_cli.config import env_name
-
-                raise ProviderError(
-                    f"{self._name}: no Ubuntu 24.04 image found in this region; "
-                    f"set {env_name(PROVIDER, self._instance, 'ami')}"
+                raise self._env.error(
+                    f"no Ubuntu 24.04 image found in this region; set {self._ami_setting}"
                 )
             # CreationDate is ISO 8601, so the newest sorts last.
             self._ami = str(max(images, key=lambda i: str(i.get("CreationDate", "")))["ImageId"])
         return self._ami
 
     def _is_ours(self, item: dict[str, Any]) -> bool:
-        tags = _tags(item)
-        return TAG in tags and tags.get(INSTANCE_TAG_KEY) == self._instance
+        return owns_labels(_tags(item), self._instance)
 
     def _to_proxy(self, item: dict[str, Any]) -> Proxy:
         launched = item.get("LaunchTime")
@@ -369,48 +384,42 @@ class AwsProvider:
     ) -> T:
         """``fn`` with bounded retries; every failure becomes a one-line ``ProviderError``,
         except an API error whose code is in ``passthrough``: ``_Expected``, for the caller."""
+
+        def translate(what: str, exc: Exception) -> Exception | None:
+            return self._translate(what, exc, passthrough)
+
+        return self._env.call(what, fn, classify=_classify, translate=translate)
+
+    def _translate(
+        self, what: str, exc: Exception, passthrough: frozenset[str]
+    ) -> Exception | None:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-        try:
-            return call_with_retries(
-                fn, what=f"{self._name}: {what}", classify=_classify, sleep=self._sleep
-            )
-        except ClientError as exc:
+        if isinstance(exc, ClientError):
             if _code(exc) in passthrough:
-                raise _Expected(_code(exc)) from None
-            raise self._client_error(what, exc) from None
-        except NoCredentialsError:
-            raise ProviderError(
-                f"{self._name}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY"
-            ) from None
-        except BotoCoreError as exc:
+                return _Expected(_code(exc))
+            return self._client_error(what, exc)
+        if isinstance(exc, NoCredentialsError):
+            return self._env.error(
+                "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
+        if isinstance(exc, BotoCoreError):
             # Connection failures and the like: their text names the endpoint, never a key.
-            raise ProviderError(
-                f"{self._name}: {what} failed ({type(exc).__name__}: {self._oneline(str(exc))})"
-            ) from None
+            return self._env.error(f"{what} failed ({type(exc).__name__}: {self._env.scrub(exc)})")
+        return None
 
     def _client_error(self, what: str, exc: Exception) -> ProviderError:
-        from cloudproxy_cli.config import env_name
-
         code, status = _code(exc), _status(exc)
         if code in _AUTH_CODES or status in (401, 403):
-            key = env_name(PROVIDER, self._instance, "access_key_id")
-            secret = env_name(PROVIDER, self._instance, "secret_access_key")
-            return ProviderError(
-                f"{self._name}: authentication failed ({code or status}); check {key}/{secret}"
+            return self._env.error(
+                f"authentication failed ({code or status}); check {self._key_settings}"
             )
-        message = self._oneline(
+        message = self._env.scrub(
             str(getattr(exc, "response", {}).get("Error", {}).get("Message", ""))
         )
         gave_up = "; gave up retrying" if _classify(exc) is not None else ""
         detail = f": {message}" if message else ""
-        return ProviderError(
-            f"{self._name}: {what} failed ({code}, HTTP {status}){gave_up}{detail}"
-        )
-
-    def _oneline(self, text: str) -> str:
-        return one_line(text, self._secrets)
+        return self._env.error(f"{what} failed ({code}, HTTP {status}){gave_up}{detail}")
 
 
 def _quiet_sdk_logs() -> None:
@@ -423,41 +432,25 @@ def _quiet_sdk_logs() -> None:
             logger.setLevel(logging.INFO)
 
 
-def from_settings(
-    *, instance: str, settings: AwsSettings, proxy: ProxySettings, **kwargs: Any
-) -> AwsProvider:
-    """An adapter for one instance, with a boto3 session and EC2 client of its own.
+def make_client(
+    *,
+    instance: str,
+    key_id: str | None,
+    secret: str | None,
+    token: str | None,
+    region: str,
+    endpoint: str | None,
+    botocore_session: Any = None,
+) -> Any:
+    """A boto3 EC2 client of a session of its own, with our timeouts and botocore's retries off.
 
-    Explicit keys are used when given (the ``default`` instance's, when they are the
-    environment's own AWS_ACCESS_KEY_ID, with its AWS_SESSION_TOKEN); only the ``default``
-    instance may do without, through boto3's credential chain (environment, shared files,
-    instance role). The endpoint is ``api_endpoint`` if set, else whatever boto3 itself is
-    configured with (``AWS_ENDPOINT_URL_EC2``, ``AWS_ENDPOINT_URL``, ``endpoint_url`` in
-    ~/.aws/config), else AWS.
-    ``kwargs`` (tests): ``page_size``, ``sleep``, and ``botocore_session``: a fresh botocore
-    session for this instance alone (tests give one that shares the parsed EC2 service model,
-    which costs ~0.4 s to load per session); the keys are still set on it here.
+    Without keys boto3's credential chain applies (environment, shared files, instance role).
+    ``botocore_session`` (tests): a fresh botocore session that shares the parsed EC2 model.
     """
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError
 
-    from cloudproxy_cli.config import DEFAULT_INSTANCE, env_name
-
-    key_id = settings.access_key_id.get_secret_value() if settings.access_key_id else None
-    secret = settings.secret_access_key.get_secret_value() if settings.secret_access_key else None
-    key_var = env_name(PROVIDER, instance, "access_key_id")
-    secret_var = env_name(PROVIDER, instance, "secret_access_key")
-    if (key_id is None) != (secret is None):
-        raise ConfigError(f"{key_var}/{secret_var}: set both or neither")
-    if key_id is None and instance != DEFAULT_INSTANCE:
-        # Another account's (or the environment's) keys would create proxies in the wrong account.
-        raise ConfigError(f"{key_var}/{secret_var}: required for {PROVIDER}/{instance}")
-    token = None
-    if instance == DEFAULT_INSTANCE and key_id is not None and os.environ.get(key_var) == key_id:
-        # AWS_ACCESS_KEY_ID is both our setting and boto3's: temporary keys from the
-        # environment (aws-vault, SSO exports) work only with the environment's session token.
-        token = os.environ.get("AWS_SESSION_TOKEN") or None
     _quiet_sdk_logs()
     config = Config(
         # botocore's own retries are off: call_with_retries is the one bounded policy (and,
@@ -471,19 +464,9 @@ def from_settings(
             aws_access_key_id=key_id,
             aws_secret_access_key=secret,
             aws_session_token=token,
-            region_name=settings.region,
-            botocore_session=kwargs.pop("botocore_session", None),
+            region_name=region,
+            botocore_session=botocore_session,
         )
-        client = session.client("ec2", endpoint_url=settings.api_endpoint, config=config)
+        return session.client("ec2", endpoint_url=endpoint, config=config)
     except BotoCoreError as exc:  # a malformed region, an AWS_PROFILE that does not exist...
         raise ConfigError(f"{PROVIDER}/{instance}: {exc}") from None
-    return AwsProvider(
-        instance=instance,
-        client=client,
-        proxy=proxy,
-        size=settings.size,
-        ami=settings.ami,
-        spot=settings.spot,
-        secrets=[s for s in (key_id, secret, token, proxy.password) if s],
-        **kwargs,
-    )

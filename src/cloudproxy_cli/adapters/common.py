@@ -1,11 +1,13 @@
-"""What every cloud adapter shares: the proxy settings it deploys, names, and bounded retries."""
+"""What every cloud adapter shares: marks and names, the call envelope, pages, guarded deletes."""
 
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import logging
+import secrets as _secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -15,10 +17,19 @@ from cloudproxy_cli.core.errors import ProviderError
 log = logging.getLogger("cloudproxy")
 
 T = TypeVar("T")
+V = TypeVar("V")
+C = TypeVar("C", bound=Hashable)
+
+# --- marks and names ---------------------------------------------------------------------
 
 # Every VM we create carries both marks; an adapter lists (and so can delete) only VMs that
 # carry both, with the second naming its own instance.
 TAG = "cloudproxy"
+# The key of the second mark where marks are key=value (AWS tags, GCP and Hetzner labels).
+INSTANCE_KEY = "cloudproxy-instance"
+OPEN_IPV4 = "0.0.0.0/0"
+OPEN_IPV6 = "::/0"
+_NAME_SUFFIX_LEN = 8  # hex characters of randomness in a VM name
 
 
 def instance_tag(instance: str) -> str:
@@ -27,7 +38,43 @@ def instance_tag(instance: str) -> str:
 
 
 def firewall_name(instance: str) -> str:
-    return f"cloudproxy-{instance}"
+    return instance_tag(instance)
+
+
+def vm_name(instance: str, *, max_len: int | None = None) -> str:
+    """``cloudproxy-<instance>-<8 hex>``, its instance part cut so it fits ``max_len``."""
+    base = instance_tag(instance)
+    if max_len is not None:
+        base = base[: max_len - _NAME_SUFFIX_LEN - 1]
+    return f"{base}-{_secrets.token_hex(_NAME_SUFFIX_LEN // 2)}"
+
+
+def instance_labels(instance: str) -> dict[str, str]:
+    """The key=value marks of a VM of ``instance``."""
+    return {TAG: "true", INSTANCE_KEY: instance}
+
+
+def owns_tags(tags: object, instance: str) -> bool:
+    """Whether a plain tag list (DigitalOcean, Vultr) marks a VM of ``instance``."""
+    return isinstance(tags, list) and TAG in tags and instance_tag(instance) in tags
+
+
+def owns_labels(
+    labels: Mapping[str, str] | None, instance: str, *, tag_value: str | None = None
+) -> bool:
+    """Whether key=value marks name ``instance`` (and ``TAG`` is ``tag_value`` if given)."""
+    if not labels or TAG not in labels or labels.get(INSTANCE_KEY) != instance:
+        return False
+    return tag_value is None or labels.get(TAG) == tag_value
+
+
+def allowed_cidrs(allowed_ip: str | None, *, open_ipv6: bool = True) -> tuple[str, ...]:
+    """Who may reach the proxy port: the one allowed address, else anyone (IPv4, and IPv6 too
+    where the provider takes both in one rule)."""
+    if allowed_ip is None:
+        return (OPEN_IPV4, OPEN_IPV6) if open_ipv6 else (OPEN_IPV4,)
+    address = ipaddress.ip_address(allowed_ip)
+    return (f"{address}/{address.max_prefixlen}",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,17 +90,19 @@ class ProxySettings:
 
 
 MAX_MESSAGE = 200  # characters of an API's own error text kept in our one-line messages
+MAX_ERROR = 1000  # characters of a whole error message (ours around the API's)
 
 
 def one_line(text: str, secrets: Iterable[str | None] = (), limit: int = MAX_MESSAGE) -> str:
     """``text`` as one short line with every secret replaced by ``***``.
 
-    Secrets go before the cut: a secret cut in half would slip past the replacement.
+    Secrets go before the cut: a secret cut in half would slip past the replacement. A secret
+    spanning lines (a PEM key) is matched in its one-line form, as the text is.
     """
     line = " ".join(str(text).split())
     for secret in secrets:
         if secret:
-            line = line.replace(secret, "***")
+            line = line.replace(" ".join(secret.split()), "***")
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -127,11 +176,13 @@ def call_with_retries(
     base_delay_s: float = 0.5,
     max_delay_s: float = 20.0,
     sleep: Callable[[float], None] = time.sleep,
+    secrets: Iterable[str | None] = (),
 ) -> T:
     """Call ``fn``; retry what ``classify`` says is transient (429, 5xx) after the server's
     Retry-After, or with exponential backoff without one, at most ``attempts`` times in all.
     A server that asks us to wait longer than ``max_delay_s`` is not waited for: the instance
-    fails for this run and cron tries again next minute. Anything else raises at once."""
+    fails for this run and cron tries again next minute. Anything else raises at once.
+    ``secrets`` are scrubbed from the failures this logs."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
@@ -145,6 +196,116 @@ def call_with_retries(
                 delay = retry.after_s
             else:
                 delay = min(base_delay_s * 2 ** (attempt - 1), max_delay_s)
-            log.debug("%s: transient failure (%s); retry %d in %.1fs", what, exc, attempt, delay)
+            shown = one_line(str(exc), secrets)
+            log.debug("%s: transient failure (%s); retry %d in %.1fs", what, shown, attempt, delay)
             sleep(delay)
     raise ProviderError(f"{what}: retries exhausted")  # pragma: no cover - loop always returns
+
+
+# --- the call envelope -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One instance's way of calling its API: bounded retries, and every failure a one-line
+    ``ProviderError`` that starts with ``<provider>/<instance>`` and holds no secret."""
+
+    key: str  # "digitalocean/eu"
+    secrets: tuple[str, ...] = ()
+    sleep: Callable[[float], None] = time.sleep
+
+    def scrub(self, text: object, limit: int = MAX_MESSAGE) -> str:
+        """An API's (or SDK's) own text as one short line without a secret."""
+        return one_line(str(text), self.secrets, limit)
+
+    def error(self, message: str) -> ProviderError:
+        """``ProviderError("<key>: <message>")``, the whole message scrubbed."""
+        return ProviderError(f"{self.key}: {one_line(message, self.secrets, MAX_ERROR)}")
+
+    def call(
+        self,
+        what: str,
+        fn: Callable[[], T],
+        *,
+        classify: Callable[[Exception], Retry | None],
+        translate: Callable[[str, Exception], Exception | None],
+    ) -> T:
+        """``fn`` with bounded retries of what ``classify`` calls transient. A failure left is
+        what ``translate`` makes of it (``None``: not an API failure, raised as it is), never
+        chained to the SDK's exception, which may hold the request and its secrets."""
+        try:
+            return call_with_retries(
+                fn, what=f"{self.key}: {what}", classify=classify, sleep=self.sleep,
+                secrets=self.secrets,
+            )  # fmt: skip
+        except ProviderError:
+            raise
+        except Exception as exc:
+            translated = translate(what, exc)
+            if translated is None or translated is exc:
+                raise
+            if type(translated) is ProviderError:  # one last scrub, whatever was put in it
+                translated = self.error(str(translated).removeprefix(f"{self.key}: "))
+            raise translated from None
+
+
+# --- pagination --------------------------------------------------------------------------
+
+MAX_PAGES = 1000  # a next-page token that never ends is a broken API, not a huge account
+
+
+def paginate(
+    fetch: Callable[[C | None], tuple[Iterable[T], C | None]],
+    *,
+    fail: Callable[[str], ProviderError],
+    what: str,
+    max_pages: int = MAX_PAGES,
+) -> Iterator[T]:
+    """Every item of a paginated list: ``fetch(token)`` gives one page's items and the next
+    page's token (``None``/empty on the last; ``None`` asks for the first). A token seen
+    before, or more than ``max_pages`` pages, is a ``ProviderError``: a partial inventory
+    would make the engine create proxies that already exist, an endless one hang the run."""
+    token: C | None = None
+    seen: set[C] = set()
+    for _ in range(max_pages):
+        items, token = fetch(token)
+        yield from items
+        if not token:
+            return
+        if token in seen:
+            raise fail(f"{what}: the API's next page repeats an earlier one")
+        seen.add(token)
+    raise fail(f"{what}: more than {max_pages} pages")
+
+
+# --- ownership-guarded delete ------------------------------------------------------------
+
+
+def guarded_delete(
+    proxy_id: str,
+    *,
+    owned: set[str],
+    read: Callable[[], V | None],
+    owns: Callable[[V], bool],
+    delete: Callable[[V | None], object],
+    key: str,
+    noun: str,
+) -> None:
+    """Delete ``proxy_id`` only if it is this instance's.
+
+    ``owned`` holds ids listed or created with both marks in this process: those are deleted
+    at once (``delete(None)``). Any other is read first (``None``: already gone) and deleted
+    (``delete(vm)``) only if ``owns`` it, since no cloud scopes a delete by tag."""
+    found: V | None = None
+    if proxy_id not in owned:
+        found = read()
+        if found is None:
+            return
+        if not owns(found):
+            log.warning(
+                "%s: %s %s lacks this instance's tags or labels; not deleting it",
+                key, noun, proxy_id,
+            )  # fmt: skip
+            return
+    delete(found)
+    owned.discard(proxy_id)

@@ -4,38 +4,36 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import secrets
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import requests
 
 from cloudproxy_cli.adapters.common import (
+    OPEN_IPV4,
+    OPEN_IPV6,
     TAG,
+    Envelope,
     HttpError,
     ProxySettings,
-    TransportError,
-    call_with_retries,
-    classify_http,
+    allowed_cidrs,
     firewall_name,
+    guarded_delete,
     instance_tag,
-    one_line,
-    parse_retry_after,
+    owns_tags,
+    paginate,
     utc_datetime,
+    vm_name,
 )
+from cloudproxy_cli.adapters.rest import TIMEOUT_S, RestCalls, http_error
 from cloudproxy_cli.core.errors import ProviderError
 from cloudproxy_cli.core.model import Proxy
-
-if TYPE_CHECKING:
-    from cloudproxy_cli.config import DigitalOceanSettings
 
 log = logging.getLogger("cloudproxy")
 
@@ -46,9 +44,6 @@ DEFAULT_ENDPOINT = "https://api.digitalocean.com/v2/"
 # python-digitalocean's own variable: it reads it when each API object is made.
 ENDPOINT_ENV = "DIGITALOCEAN_END_POINT"
 PAGE_SIZE = 200  # the API's maximum: one page for any sane pool
-TIMEOUT_S = (10.0, 60.0)  # (connect, read): a hung API must fail the run, not stall it
-_MAX_PAGES = 1000  # a "next" link that never ends is a broken API, not a huge account
-_IDEMPOTENT = frozenset({"GET", "DELETE"})
 # Created only if missing, and DigitalOcean may answer either for a tag that exists.
 _TAG_EXISTS = frozenset({409, 422})
 
@@ -73,28 +68,6 @@ def _response_of(tb: TracebackType | None) -> requests.Response | None:
             found = candidate
         tb = tb.tb_next
     return found
-
-
-def _api_message(response: requests.Response) -> str:
-    """DigitalOcean's ``{"id": "...", "message": "..."}``; else the reason phrase."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return str(body["message"])
-    return response.reason or ""
-
-
-@dataclass(frozen=True, slots=True)
-class _Owner:
-    """Which droplets are this instance's: both tags."""
-
-    tag: str
-
-    def owns(self, droplet: dict[str, Any]) -> bool:
-        tags = droplet.get("tags")
-        return isinstance(tags, list) and TAG in tags and self.tag in tags
 
 
 class DigitalOceanProvider:
@@ -122,17 +95,20 @@ class DigitalOceanProvider:
         self._instance = instance
         self._token = token
         self._token_env = token_env
+        self._env = Envelope(
+            f"{PROVIDER}/{instance}", tuple(s for s in (token, proxy.password) if s), sleep
+        )
         # urljoin drops the last path segment of a base without a trailing slash: ".../v2"
         # would send requests to "/droplets" instead of "/v2/droplets".
         self._endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
-        self._host = urlsplit(self._endpoint).hostname or "the API"
+        host = urlsplit(self._endpoint).hostname or "the API"
+        self._rest = RestCalls(self._env, host, self._auth_error)
         self._region = region
         self._size = size
         self._image = image
         self._proxy = proxy
-        self._sleep = sleep
         self._page_size = page_size
-        self._owner = _Owner(instance_tag(instance))
+        self._tag = instance_tag(instance)
         # Droplets this adapter has seen carrying both tags (listed or created): deleting one
         # of them needs no ownership read. Droplet ids are never reused.
         self._owned: set[str] = set()
@@ -145,18 +121,14 @@ class DigitalOceanProvider:
         """The API base URL this instance talks to (ends in ``/``)."""
         return self._endpoint
 
-    @property
-    def _key(self) -> str:
-        return f"{PROVIDER}/{self._instance}"
-
     # --- Provider ---------------------------------------------------------------------------
 
     def list_proxies(self) -> list[Proxy]:
         proxies = []
         owned = set()
-        params = {"tag_name": self._owner.tag}
+        params = {"tag_name": self._tag}
         for droplet in self._pages("droplets", "droplets", "list droplets", params):
-            if not self._owner.owns(droplet):
+            if not owns_tags(droplet.get("tags"), self._instance):
                 continue  # the tag filter matched, but the other mark is missing
             proxy = self._to_proxy(droplet)
             owned.add(proxy.id)
@@ -172,15 +144,15 @@ class DigitalOceanProvider:
         try:
             user_data = render_user_data(self._proxy)
         except ValueError as exc:  # its messages never quote the offending value
-            raise ProviderError(f"{self._key}: cannot render the user data: {exc}") from None
+            raise self._env.error(f"cannot render the user data: {exc}") from None
         body = {
-            "name": f"{self._owner.tag}-{secrets.token_hex(4)}",
+            "name": vm_name(self._instance),
             "region": self._region,
             "size": self._size,
             "image": self._image,
             # In the create request itself: a droplet is never, not even briefly, untagged
             # (and so outside the firewall, and invisible to list).
-            "tags": [TAG, self._owner.tag],
+            "tags": [TAG, self._tag],
             "user_data": user_data,
         }
         # Droplet.create() keeps only the new id and drops created_at with the rest of the
@@ -193,7 +165,7 @@ class DigitalOceanProvider:
         )
         droplet = answer.get("droplet") if isinstance(answer, dict) else None
         if not isinstance(droplet, dict):
-            raise ProviderError(f"{self._key}: create droplet: the answer names no droplet")
+            raise self._env.error("create droplet: the answer names no droplet")
         proxy = self._to_proxy(droplet)
         self._owned.add(proxy.id)
         return proxy
@@ -202,34 +174,30 @@ class DigitalOceanProvider:
         import digitalocean
 
         if not proxy_id.isdigit():  # also keeps any other path out of the URL
-            raise ProviderError(f"{self._key}: {proxy_id!r} is not a droplet id")
-        if proxy_id not in self._owned:
-            # Not seen with both tags in this process: read its tags before deleting anything.
-            manager = digitalocean.Manager(**self._sdk())
-            try:
-                answer = self._request(
-                    "read droplet", "GET", lambda: manager.get_data(f"droplets/{proxy_id}")
-                )
-            except HttpError as exc:
-                if exc.status == 404:
-                    return  # already gone
-                raise self._error("read droplet", exc) from None
-            droplet = answer.get("droplet") if isinstance(answer, dict) else None
-            if not isinstance(droplet, dict) or not self._owner.owns(droplet):
-                # Invisible to this instance, as in list_proxies: nothing of ours to delete.
-                log.warning(
-                    "%s: droplet %s lacks this instance's tags; not deleting it",
-                    self._key,
-                    proxy_id,
-                )
-                return
+            raise self._env.error(f"{proxy_id!r} is not a droplet id")
+
+        manager = digitalocean.Manager(**self._sdk())
         target = digitalocean.Droplet(id=int(proxy_id), **self._sdk())
-        try:
-            self._request("delete droplet", "DELETE", target.destroy)
-        except HttpError as exc:
-            if exc.status != 404:  # 404: already gone, which is what we wanted
-                raise self._error("delete droplet", exc) from None
-        self._owned.discard(proxy_id)
+        guarded_delete(
+            proxy_id,
+            owned=self._owned,
+            read=lambda: self._rest.item_or_none(
+                "read droplet",
+                partial(
+                    self._request,
+                    "read droplet",
+                    "GET",
+                    partial(manager.get_data, f"droplets/{proxy_id}"),
+                ),
+                "droplet",
+            ),
+            owns=lambda droplet: owns_tags(droplet.get("tags"), self._instance),
+            delete=lambda _: self._rest.delete(
+                "delete droplet", partial(self._request, "delete droplet", "DELETE", target.destroy)
+            ),
+            key=self._env.key,
+            noun="droplet",
+        )
 
     def ensure_firewall(self, known_id: str | None) -> str | None:
         if known_id is not None:
@@ -243,31 +211,33 @@ class DigitalOceanProvider:
                 return str(firewall["id"])
         # DigitalOcean refuses a firewall naming a tag that does not exist yet; a droplet
         # create would make it, but the first create of a new account comes after this call.
-        tag = digitalocean.Tag(name=self._owner.tag, **self._sdk())
+        tag = digitalocean.Tag(name=self._tag, **self._sdk())
         try:
             self._request("create tag", "POST", tag.create)
         except HttpError as exc:
             if exc.status not in _TAG_EXISTS:
-                raise self._error("create tag", exc) from None
+                raise self._rest.error("create tag", exc) from None
         firewall = digitalocean.Firewall(
             name=name,
             inbound_rules=[
                 digitalocean.InboundRule(
                     protocol="tcp",
                     ports=str(self._proxy.port),
-                    sources=digitalocean.Sources(addresses=self._allowed_sources()),
+                    sources=digitalocean.Sources(
+                        addresses=list(allowed_cidrs(self._proxy.allowed_ip))
+                    ),
                 )
             ],
             outbound_rules=[
                 digitalocean.OutboundRule(
                     protocol=protocol,
                     ports="0",  # the API's "every port"
-                    destinations=digitalocean.Destinations(addresses=["0.0.0.0/0", "::/0"]),
+                    destinations=digitalocean.Destinations(addresses=[OPEN_IPV4, OPEN_IPV6]),
                 )
                 for protocol in ("tcp", "udp")
             ],
             droplet_ids=[],
-            tags=[self._owner.tag],
+            tags=[self._tag],
             **self._sdk(),
         )
         with warnings.catch_warnings():
@@ -276,7 +246,7 @@ class DigitalOceanProvider:
             warnings.simplefilter("ignore", DeprecationWarning)
             self._call("create firewall", "POST", firewall.create)
         if not firewall.id:
-            raise ProviderError(f"{self._key}: create firewall: the answer names no firewall")
+            raise self._env.error("create firewall: the answer names no firewall")
         return str(firewall.id)
 
     # --- helpers ----------------------------------------------------------------------------
@@ -292,13 +262,6 @@ class DigitalOceanProvider:
         """
         return {"token": self._token, "end_point": self._endpoint, "get_timeout": _request_timeout}
 
-    def _allowed_sources(self) -> list[str]:
-        allowed = self._proxy.allowed_ip
-        if allowed is None:
-            return ["0.0.0.0/0", "::/0"]
-        address = ipaddress.ip_address(allowed)
-        return [f"{address}/{address.max_prefixlen}"]
-
     def _pages(
         self, path: str, key: str, what: str, params: dict[str, str] | None = None
     ) -> Iterator[dict[str, Any]]:
@@ -312,37 +275,34 @@ class DigitalOceanProvider:
         import digitalocean
 
         manager = digitalocean.Manager(**self._sdk())
-        page = 1
-        for _ in range(_MAX_PAGES):
+
+        def fetch(page: int | None) -> tuple[Iterable[dict[str, Any]], int | None]:
+            number = page or 1
             query: dict[str, str | int] = {
                 **(params or {}),
                 "per_page": self._page_size,
-                "page": page,
+                "page": number,
             }
             answer = self._call(what, "GET", partial(manager.get_data, path, params=query))
             items = answer.get(key) if isinstance(answer, dict) else None
             if not isinstance(items, list):
-                raise ProviderError(f"{self._key}: {what}: the answer has no {key!r} list")
-            yield from (item for item in items if isinstance(item, dict))
+                raise self._env.error(f"{what}: the answer has no {key!r} list")
             try:
                 following = _next_page(answer)
             except ValueError:
-                raise ProviderError(
-                    f"{self._key}: {what}: the API's next-page link names no page"
-                ) from None
-            if following is None:
-                return
-            if following <= page:
-                raise ProviderError(f"{self._key}: {what}: the API's next page goes backwards")
-            page = following
-        raise ProviderError(f"{self._key}: {what}: more than {_MAX_PAGES} pages")
+                raise self._env.error(f"{what}: the API's next-page link names no page") from None
+            if following is not None and following <= number:
+                raise self._env.error(f"{what}: the API's next page goes backwards")
+            return [item for item in items if isinstance(item, dict)], following
+
+        return paginate(fetch, fail=self._env.error, what=what)
 
     def _call(self, what: str, method: str, fn: Callable[[], T]) -> T:
         """``_request``, with every error answer turned into a one-line ``ProviderError``."""
         try:
             return self._request(what, method, fn)
         except HttpError as exc:
-            raise self._error(what, exc) from None
+            raise self._rest.error(what, exc) from None
 
     def _request(self, what: str, method: str, fn: Callable[[], T]) -> T:
         """One SDK call, retried on 429/5xx (honouring Retry-After).
@@ -352,60 +312,35 @@ class DigitalOceanProvider:
         and never chain the library's exception, which may hold the request.
         """
         if not self._token:
-            raise ProviderError(f"{self._key}: no access token; set {self._token_env}")
+            raise self._env.error(f"no access token; set {self._token_env}")
 
         def once() -> T:
             try:
                 return fn()
-            except requests.RequestException as exc:
-                # requests' own messages quote the URL and more; a short one of ours suffices.
-                retryable = method in _IDEMPOTENT or isinstance(exc, requests.ConnectTimeout)
-                raise TransportError(
-                    f"cannot reach {self._host} ({type(exc).__name__})", retryable=retryable
-                ) from None
+            except requests.RequestException:
+                raise  # RestCalls makes it a short message of its own
             # The library raises DataReadError, JSONReadError, NotFoundError, even IndexError.
             except Exception as exc:  # noqa: BLE001 - what it is depends on the response only
                 response = _response_of(exc.__traceback__)
                 if response is not None and response.status_code >= 400:
-                    raise HttpError(
-                        response.status_code,
-                        self._scrub(_api_message(response)),
-                        parse_retry_after(response.headers.get("Retry-After")),
-                    ) from None
-                raise ProviderError(
-                    f"{self._key}: {what} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
+                    raise http_error(response, "message", self._env) from None
+                raise self._env.error(
+                    f"{what} failed: {type(exc).__name__}: {self._env.scrub(exc)}"
                 ) from None
 
-        try:
-            return call_with_retries(
-                once, what=f"{self._key}: {what}", classify=classify_http, sleep=self._sleep
-            )
-        except HttpError as exc:
-            if exc.status in (401, 403):
-                raise self._error(what, exc) from None
-            raise
-        except TransportError as exc:
-            raise ProviderError(f"{self._key}: {what} failed: {exc}") from None
+        return self._rest.request(what, method, once)
 
-    def _error(self, what: str, exc: HttpError) -> ProviderError:
+    def _auth_error(self, what: str, exc: HttpError) -> ProviderError:
         if exc.status == 401:
-            return ProviderError(
-                f"{self._key}: authentication failed (401); check {self._token_env}"
-            )
-        if exc.status == 403:
-            return ProviderError(
-                f"{self._key}: permission denied (403) for {what}; check that "
-                f"{self._token_env} has the droplet, firewall and tag scopes"
-            )
-        return ProviderError(f"{self._key}: {what} failed: {exc}")
-
-    def _scrub(self, text: str) -> str:
-        """One short line without any secret, whatever the API or library chose to echo."""
-        return one_line(text, (self._token, self._proxy.password))
+            return self._env.error(f"authentication failed (401); check {self._token_env}")
+        return self._env.error(
+            f"permission denied (403) for {what}; check that "
+            f"{self._token_env} has the droplet, firewall and tag scopes"
+        )
 
     def _to_proxy(self, droplet: dict[str, Any]) -> Proxy:
         if not str(droplet.get("id") or "").isdigit():
-            raise ProviderError(f"{self._key}: the API listed a droplet without a valid id")
+            raise self._env.error("the API listed a droplet without a valid id")
         return Proxy(
             id=str(droplet["id"]),
             created_at=self._created_at(droplet),
@@ -417,7 +352,7 @@ class DigitalOceanProvider:
             return utc_datetime(droplet.get("created_at"))  # "2026-01-01T00:00:00Z"
         except ValueError:
             raise ProviderError(
-                f"{self._key}: droplet {droplet.get('id')} has no valid created_at"
+                f"{self._env.key}: droplet {droplet.get('id')} has no valid created_at"
             ) from None
 
 
@@ -451,35 +386,3 @@ def _next_page(answer: dict[str, Any]) -> int | None:
     if len(numbers) != 1 or not numbers[0].isdigit():
         raise ValueError(following)
     return int(numbers[0])
-
-
-def from_settings(
-    *,
-    instance: str,
-    settings: DigitalOceanSettings,
-    proxy: ProxySettings,
-    sleep: Callable[[float], None] = time.sleep,
-    page_size: int = PAGE_SIZE,
-) -> DigitalOceanProvider:
-    """The adapter for one ``[providers.digitalocean.<instance>]``.
-
-    Endpoint: ``api_endpoint``, else ``$DIGITALOCEAN_END_POINT`` (python-digitalocean's own
-    variable), else the real API. ``sleep`` and ``page_size`` are test seams.
-    """
-    from cloudproxy_cli.config import env_name
-
-    # A token pasted with its newline would make an invalid header, reported as unreachable.
-    token = settings.access_token.get_secret_value().strip() if settings.access_token else None
-    endpoint = settings.api_endpoint or os.environ.get(ENDPOINT_ENV, "").strip() or DEFAULT_ENDPOINT
-    return DigitalOceanProvider(
-        instance=instance,
-        token=token,
-        token_env=env_name(PROVIDER, instance, "access_token"),
-        endpoint=endpoint,
-        region=settings.region,
-        size=settings.size,
-        image=settings.image,
-        proxy=proxy,
-        sleep=sleep,
-        page_size=page_size,
-    )

@@ -3,28 +3,34 @@
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 import logging
 import re
-import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloudproxy_cli.adapters.common import (
+    INSTANCE_KEY,
+    MAX_PAGES,
     TAG,
+    Envelope,
     ProxySettings,
     Retry,
-    call_with_retries,
+    allowed_cidrs,
     firewall_name,
+    guarded_delete,
+    instance_labels,
     instance_tag,
+    owns_labels,
+    paginate,
     parse_retry_after,
     utc_datetime,
+    vm_name,
 )
-from cloudproxy_cli.config import GcpSettings, env_name
 from cloudproxy_cli.core.errors import ConfigError, ProviderError
 from cloudproxy_cli.core.model import Proxy
 
@@ -37,7 +43,6 @@ log = logging.getLogger("cloudproxy")
 T = TypeVar("T")
 
 PROVIDER = "gcp"
-INSTANCE_LABEL = "cloudproxy-instance"  # label values may not hold every tag character
 NETWORK = "global/networks/default"
 CALL_TIMEOUT_S = 30.0
 # Bounded waits for insert/delete: past this the operation keeps running on Google's side and
@@ -48,7 +53,18 @@ PAGE_SIZE = 500  # the API's maximum maxResults
 RETRIED_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 # Instance, firewall and network-tag names (RFC 1035 labels, at most 63 characters).
 GCE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
-_SUFFIX_LEN = 8
+GCE_NAME_MAX = 63
+
+
+@dataclass(frozen=True, slots=True)
+class GcpMachine:
+    """What every VM of one instance is made of, and where."""
+
+    zone: str
+    size: str
+    image_project: str
+    image_family: str
+    spot: bool = False
 
 
 class GcpProvider:
@@ -59,26 +75,36 @@ class GcpProvider:
         self,
         *,
         instance: str,
-        settings: GcpSettings,
+        machine: GcpMachine,
         proxy: ProxySettings,
         project: str,
         credentials: service_account.Credentials,
+        credentials_hint: str,
+        endpoint: str | None = None,
+        secrets: Iterable[str] = (),
         sleep: Callable[[float], None] = time.sleep,
+        max_pages: int = MAX_PAGES,
     ) -> None:
         from google.cloud import compute_v1
 
         self._instance = instance
-        self._key = f"{PROVIDER}/{instance}"
-        self._settings = settings
+        self._machine = machine
         self._proxy = proxy
         self._project = project
-        self._zone = settings.zone
+        self._zone = machine.zone
         self._tag = instance_tag(instance)
-        self._labels = {TAG: "true", INSTANCE_LABEL: instance}
-        self._sleep = sleep
+        self._labels = instance_labels(instance)
+        self._hint = credentials_hint  # which settings hold the key, for auth errors
+        self._max_pages = max_pages
+        self._env = Envelope(
+            f"{PROVIDER}/{instance}",
+            tuple(s for s in (*secrets, proxy.password) if s),
+            sleep,
+        )
+        self._key = self._env.key
         # Names of VMs this object has seen carrying both labels: deleting those needs no GET.
         self._owned: set[str] = set()
-        endpoint = settings.api_endpoint.rstrip("/") if settings.api_endpoint else None
+        endpoint = endpoint.rstrip("/") if endpoint else None
         options = {"api_endpoint": endpoint} if endpoint else None
         # One set of clients per provider instance, all with this instance's credentials and
         # endpoint (the SDK's own operation poller would ignore the endpoint, see _wait).
@@ -98,18 +124,17 @@ class GcpProvider:
     # --- the Provider protocol -----------------------------------------------------------
 
     def list_proxies(self) -> list[Proxy]:
-        proxies: list[Proxy] = []
-        token = ""
-        while True:
-            page = self._call("list", functools.partial(self._list_page, token))
-            for vm in page.items:
-                # The filter is the server's; ownership is checked here too, so a filter the
-                # server misread could never hand us someone else's VM.
-                if self._is_ours(vm.labels):
-                    proxies.append(self._to_proxy(vm))
-            token = page.next_page_token
-            if not token:
-                break
+        def fetch(token: str | None) -> tuple[Iterable[compute_v1.Instance], str | None]:
+            page = self._call("list", functools.partial(self._list_page, token or ""))
+            return page.items, page.next_page_token or None
+
+        # The filter is the server's; ownership is checked here too, so a filter the server
+        # misread could never hand us someone else's VM.
+        proxies = [
+            self._to_proxy(vm)
+            for vm in paginate(fetch, fail=self._env.error, what="list", max_pages=self._max_pages)
+            if self._is_ours(vm.labels)
+        ]
         self._owned = {p.id for p in proxies}
         return proxies
 
@@ -123,8 +148,9 @@ class GcpProvider:
         except ValueError:
             # Its message may quote the credentials: say which step failed, not the values.
             raise ProviderError(f"{self._key}: invalid proxy settings for the user data") from None
-        name = self._new_name()
-        s = self._settings
+        # cloudproxy-<instance>-<random>: a valid name (the tag was validated) of <= 63 chars.
+        name = vm_name(self._instance, max_len=GCE_NAME_MAX)
+        s = self._machine
         resource = compute_v1.Instance(
             name=name,
             machine_type=f"zones/{self._zone}/machineTypes/{s.size}",
@@ -177,12 +203,12 @@ class GcpProvider:
         return Proxy(id=name, created_at=created)
 
     def delete_proxy(self, proxy_id: str) -> None:
-        from google.cloud import compute_v1
-
         if not GCE_NAME.fullmatch(proxy_id):
-            raise ProviderError(f"{self._key}: {proxy_id!r} is not a Compute Engine instance name")
-        if proxy_id not in self._owned:
-            vm = self._call_or_none(
+            raise self._env.error(f"{proxy_id!r} is not a Compute Engine instance name")
+        guarded_delete(
+            proxy_id,
+            owned=self._owned,
+            read=lambda: self._call_or_none(
                 "delete",
                 lambda: self._instances.get(
                     project=self._project,
@@ -191,14 +217,16 @@ class GcpProvider:
                     retry=None,
                     timeout=CALL_TIMEOUT_S,
                 ),
-            )
-            if vm is None:
-                return  # already gone
-            if not self._is_ours(vm.labels):
-                log.warning(
-                    "%s: %s is not one of this instance's proxies; left alone", self._key, proxy_id
-                )
-                return
+            ),
+            owns=lambda vm: self._is_ours(vm.labels),
+            delete=lambda _: self._delete(proxy_id),
+            key=self._key,
+            noun="instance",
+        )
+
+    def _delete(self, proxy_id: str) -> None:
+        from google.cloud import compute_v1
+
         request = compute_v1.DeleteInstanceRequest(
             project=self._project, zone=self._zone, instance=proxy_id, request_id=str(uuid.uuid4())
         )
@@ -227,17 +255,13 @@ class GcpProvider:
         )
         if found is not None:
             return name
-        allowed = self._proxy.allowed_ip
-        source = (
-            f"{allowed}/{ipaddress.ip_address(allowed).max_prefixlen}" if allowed else "0.0.0.0/0"
-        )
         rule = compute_v1.Firewall(
             name=name,
             description=f"cloudproxy {self._instance}: the proxy port of its VMs",
             network=NETWORK,
             direction="INGRESS",
             allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=[str(self._proxy.port)])],
-            source_ranges=[source],
+            source_ranges=list(allowed_cidrs(self._proxy.allowed_ip, open_ipv6=False)),
             target_tags=[self._tag],
         )
         request = compute_v1.InsertFirewallRequest(
@@ -249,11 +273,10 @@ class GcpProvider:
                 lambda: self._firewalls.insert_unary(
                     request=request, retry=None, timeout=CALL_TIMEOUT_S
                 ),
+                passthrough=(api_exceptions.Conflict,),
             )
-        except ProviderError as exc:
-            if isinstance(exc.__cause__, api_exceptions.Conflict):
-                return name  # another run created it meanwhile
-            raise
+        except api_exceptions.Conflict:
+            return name  # another run created it meanwhile
         self._wait(operation, "firewall create", zonal=False)
         return name
 
@@ -265,7 +288,7 @@ class GcpProvider:
         request = compute_v1.ListInstancesRequest(
             project=self._project,
             zone=self._zone,
-            filter=f'(labels.{TAG} = "true") AND (labels.{INSTANCE_LABEL} = "{self._instance}")',
+            filter=f'(labels.{TAG} = "true") AND (labels.{INSTANCE_KEY} = "{self._instance}")',
             max_results=PAGE_SIZE,
         )
         if token:
@@ -274,59 +297,59 @@ class GcpProvider:
         # Only the first page: the pager would fetch the next ones outside our retries.
         return next(iter(pager.pages))
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """``fn`` with bounded retries of 429/5xx; every API failure a one-line ProviderError
-        caused by the SDK's exception. The SDK's own retry is off (``retry=None`` on each
-        call) so the two never multiply."""
-        try:
-            return call_with_retries(
-                fn, what=f"{self._key}: {what}", classify=_classify, sleep=self._sleep
-            )
-        except Exception as exc:
-            error = self._error(what, exc)
-            if error is exc:
-                raise
-            raise error from exc
+    def _call(
+        self, what: str, fn: Callable[[], T], *, passthrough: tuple[type[Exception], ...] = ()
+    ) -> T:
+        """``fn`` with bounded retries of 429/5xx; every API failure a one-line, scrubbed
+        ProviderError, except those of a ``passthrough`` type, raised as they are for the
+        caller. The SDK's own retry is off (``retry=None`` on each call) so the two never
+        multiply."""
+
+        def translate(what: str, exc: Exception) -> Exception | None:
+            return exc if isinstance(exc, passthrough) else self._error(what, exc)
+
+        return self._env.call(what, fn, classify=_classify, translate=translate)
 
     def _call_or_none(self, what: str, fn: Callable[[], T]) -> T | None:
         """Like ``_call``, but a 404 (the resource is gone) is ``None``."""
         from google.api_core import exceptions as api_exceptions
 
         try:
-            return self._call(what, fn)
-        except ProviderError as exc:
-            if isinstance(exc.__cause__, api_exceptions.NotFound):
-                return None
-            raise
+            return self._call(what, fn, passthrough=(api_exceptions.NotFound,))
+        except api_exceptions.NotFound:
+            return None
 
-    def _error(self, what: str, exc: Exception) -> Exception:
+    def _error(self, what: str, exc: Exception) -> Exception | None:
         from google.api_core import exceptions as api_exceptions
         from google.auth import exceptions as auth_exceptions
         from requests import RequestException
 
-        hint = (
-            f"check {env_name(PROVIDER, self._instance, 'service_account_key')} or "
-            f"{env_name(PROVIDER, self._instance, 'sa_json')}"
-        )
+        hint = f"check {self._hint}"
+        env = self._env
         if isinstance(exc, api_exceptions.Unauthorized):
-            return ProviderError(f"{self._key}: authentication failed (401); {hint}")
+            return env.error(f"authentication failed (401); {hint}")
         if isinstance(exc, api_exceptions.Forbidden):
-            return ProviderError(
-                f"{self._key}: {what} refused (403): {_server_message(exc)}; {hint} and the"
+            return env.error(
+                f"{what} refused (403): {self._server_message(exc)}; {hint} and the"
                 " service account's roles (Compute Instance Admin, Compute Security Admin)"
             )
         if isinstance(exc, api_exceptions.GoogleAPICallError):
-            return ProviderError(f"{self._key}: {what} failed ({exc.code}): {_server_message(exc)}")
+            return env.error(f"{what} failed ({exc.code}): {self._server_message(exc)}")
         if isinstance(exc, auth_exceptions.GoogleAuthError):
-            return ProviderError(
-                f"{self._key}: authentication failed ({type(exc).__name__}); {hint}"
-            )
+            return env.error(f"authentication failed ({type(exc).__name__}); {hint}")
         if isinstance(exc, RequestException):
-            return ProviderError(
-                f"{self._key}: {what} failed: cannot reach the Compute Engine API"
-                f" ({type(exc).__name__})"
+            return env.error(
+                f"{what} failed: cannot reach the Compute Engine API ({type(exc).__name__})"
             )
-        return exc  # a bug of ours or the SDK's: keep its traceback as it is
+        return None  # a bug of ours or the SDK's: keep its traceback as it is
+
+    def _server_message(self, exc: Any) -> str:
+        """The API's own message, scrubbed, without the method and URL the SDK puts first."""
+        try:
+            message = exc.response.json()["error"]["message"]
+        except (AttributeError, ValueError, KeyError, TypeError):
+            message = exc.message
+        return self._env.scrub(message, limit=300)
 
     def _wait(
         self, operation: compute_v1.Operation, what: str, *, zonal: bool, gone_ok: bool = False
@@ -359,7 +382,7 @@ class GcpProvider:
         if errors and not (gone_ok and errors[0].code == "RESOURCE_NOT_FOUND"):
             first = errors[0]
             raise ProviderError(
-                f"{self._key}: {what} failed: {first.code}: {_one_line(first.message)}"
+                f"{self._key}: {what} failed: {first.code}: {self._env.scrub(first.message)}"
             )
         return operation
 
@@ -379,7 +402,7 @@ class GcpProvider:
     # --- small helpers -------------------------------------------------------------------
 
     def _is_ours(self, labels: Any) -> bool:
-        return bool(labels.get(TAG) == "true" and labels.get(INSTANCE_LABEL) == self._instance)
+        return owns_labels(dict(labels), self._instance, tag_value="true")
 
     def _to_proxy(self, vm: compute_v1.Instance) -> Proxy:
         if not vm.creation_timestamp:
@@ -389,55 +412,24 @@ class GcpProvider:
             ip = vm.network_interfaces[0].access_configs[0].nat_i_p or None
         return Proxy(id=vm.name, created_at=_parse_time(vm.creation_timestamp), ip=ip)
 
-    def _new_name(self) -> str:
-        # cloudproxy-<instance>-<random>: a valid name (the tag was validated) of <= 63 chars.
-        suffix = secrets.token_hex(_SUFFIX_LEN // 2)
-        return f"{self._tag[: 63 - _SUFFIX_LEN - 1]}-{suffix}"
 
-
-def from_settings(
-    *, instance: str, settings: GcpSettings, proxy: ProxySettings, **kwargs: Any
-) -> GcpProvider:
-    """The adapter for one instance. ``kwargs``: ``sleep`` (a test seam for retry delays)."""
-    if not GCE_NAME.fullmatch(instance_tag(instance)):
-        raise ConfigError(
-            f"gcp/{instance}: the instance name must make {instance_tag(instance)!r} a valid"
-            " Compute Engine name (at most 52 characters, not ending in '-')"
-        )
-    credentials = _credentials(instance, settings)
-    project = settings.project or credentials.project_id
-    if not project:
-        raise ConfigError(
-            f"{env_name(PROVIDER, instance, 'project')}: required for gcp/{instance}"
-            " (the service account key names no project_id)"
-        )
-    return GcpProvider(
-        instance=instance,
-        settings=settings,
-        proxy=proxy,
-        project=project,
-        credentials=credentials,
-        **kwargs,
-    )
-
-
-def _credentials(instance: str, settings: GcpSettings) -> service_account.Credentials:
-    """Service-account credentials from the key's JSON text or its file, never discovered:
-    without one of them, nothing may go looking on a metadata server."""
+def load_credentials(
+    *, key: str | None, path: str | None, key_var: str, file_var: str, instance: str
+) -> service_account.Credentials:
+    """Service-account credentials from the key's JSON text (``key``, set as ``key_var``) or
+    its file (``path``, set as ``file_var``), never discovered: without one of them, nothing
+    may go looking on a metadata server."""
     from google.oauth2 import service_account
 
     # google-auth leaves these two constructors unannotated.
     from_info = service_account.Credentials.from_service_account_info
     from_file = service_account.Credentials.from_service_account_file
     credentials: service_account.Credentials
-    key_var = env_name(PROVIDER, instance, "service_account_key")
-    file_var = env_name(PROVIDER, instance, "sa_json")
-    key, path = settings.service_account_key, settings.sa_json
     if key is not None and path is not None:
         raise ConfigError(f"{key_var} and {file_var}: set one of them for gcp/{instance}, not both")
     if key is not None:
         try:
-            info = json.loads(key.get_secret_value())
+            info = json.loads(key)
         except ValueError:
             raise ConfigError(f"{key_var}: not valid JSON (paste the key file's content)") from None
         if not isinstance(info, dict):
@@ -486,19 +478,6 @@ def _classify(exc: Exception) -> Retry | None:
 
 def _reasons(exc: Any) -> set[str]:
     return {str(e.get("reason")) for e in exc.errors if isinstance(e, dict)}
-
-
-def _server_message(exc: Any) -> str:
-    """The API's own message, without the method and URL the SDK puts in front of it."""
-    try:
-        message = exc.response.json()["error"]["message"]
-    except (AttributeError, ValueError, KeyError, TypeError):
-        message = exc.message
-    return _one_line(str(message))[:300]
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _parse_time(text: str) -> datetime:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import os
-import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import requests
 from hcloud import APIException, Client
@@ -27,19 +24,21 @@ from hcloud.servers import BoundServer, Server
 
 from cloudproxy_cli import __version__
 from cloudproxy_cli.adapters.common import (
+    INSTANCE_KEY,
     TAG,
+    Envelope,
     ProxySettings,
     Retry,
-    call_with_retries,
+    allowed_cidrs,
     firewall_name,
-    one_line,
+    guarded_delete,
+    instance_labels,
+    owns_labels,
     parse_retry_after,
+    vm_name,
 )
 from cloudproxy_cli.core.errors import ProviderError
 from cloudproxy_cli.core.model import Proxy
-
-if TYPE_CHECKING:
-    from cloudproxy_cli.config import HetznerSettings
 
 log = logging.getLogger("cloudproxy")
 
@@ -47,7 +46,6 @@ T = TypeVar("T")
 
 PROVIDER = "hetzner"
 ENDPOINT_ENV = "HETZNER_API_ENDPOINT"
-INSTANCE_LABEL = "cloudproxy-instance"
 # Per HTTP attempt (connect, read): hcloud's own default is no timeout at all, and a hung API
 # must fail this run, not stall every later cron run behind the state lock.
 TIMEOUT_S = (5.0, 30.0)
@@ -102,10 +100,12 @@ class HetznerProvider:
         self._server_type = server_type
         self._image = image
         self._proxy = proxy
-        self._sleep = sleep
-        self._labels = {TAG: "true", INSTANCE_LABEL: instance}
+        self._env = Envelope(
+            f"{PROVIDER}/{instance}", tuple(s for s in (token, proxy.password) if s), sleep
+        )
+        self._labels = instance_labels(instance)
         # Both labels, always: a bare `cloudproxy` would match every instance's servers.
-        self._selector = f"{TAG},{INSTANCE_LABEL}={instance}"
+        self._selector = f"{TAG},{INSTANCE_KEY}={instance}"
         # The last HTTP response seen on this thread: APIException carries neither the status
         # nor the headers (Retry-After), so a requests hook keeps them for the classifier.
         self._seen = threading.local()
@@ -118,7 +118,7 @@ class HetznerProvider:
 
     @property
     def _key(self) -> str:
-        return f"{PROVIDER}/{self._instance}"
+        return self._env.key
 
     # --- Provider ---------------------------------------------------------------------------
 
@@ -139,13 +139,11 @@ class HetznerProvider:
         client = self._require_client()
         # The name doubles as an idempotency key: Hetzner refuses a second server with the same
         # name, so retrying a create whose answer was lost can never make two servers.
-        name = f"cloudproxy-{self._instance}-{secrets.token_hex(4)}"
+        name = vm_name(self._instance)
         try:
             user_data = render_user_data(self._proxy)
         except ValueError as exc:
-            raise ProviderError(
-                f"{self._key}: cannot render the user data: {self._scrub(str(exc))}"
-            ) from None
+            raise self._env.error(f"cannot render the user data: {exc}") from None
         attempts = 0
 
         def create() -> BoundServer:
@@ -179,25 +177,22 @@ class HetznerProvider:
             log.warning("%s: %r is not a Hetzner server id; nothing to delete", self._key, proxy_id)
             return
         server_id = int(proxy_id)
-        if proxy_id not in self._owned:
+        guarded_delete(
+            proxy_id,
+            owned=self._owned,
             # The DELETE endpoint cannot be scoped by label: read the labels first.
-            server = self._call(
+            read=lambda: self._call(
                 f"read server {proxy_id}",
                 lambda: _or_none(lambda: client.servers.get_by_id(server_id)),
-            )
-            if server is None:
-                return  # already gone
-            if not self._owns(server):
-                log.warning(
-                    "%s: not deleting server %s: it is not labelled %s",
-                    self._key, proxy_id, self._selector,
-                )  # fmt: skip
-                return
-        self._call(
-            f"delete server {proxy_id}",
-            lambda: _or_none(lambda: client.servers.delete(Server(id=server_id))),
+            ),
+            owns=self._owns,
+            delete=lambda _: self._call(
+                f"delete server {proxy_id}",
+                lambda: _or_none(lambda: client.servers.delete(Server(id=server_id))),
+            ),
+            key=self._key,
+            noun="server",
         )
-        self._owned.discard(proxy_id)
 
     def ensure_firewall(self, known_id: str | None) -> str | None:
         if known_id is not None:
@@ -247,8 +242,7 @@ class HetznerProvider:
         return self._client
 
     def _owns(self, server: Server) -> bool:
-        labels = server.labels or {}
-        return TAG in labels and labels.get(INSTANCE_LABEL) == self._instance
+        return owns_labels(server.labels, self._instance)
 
     def _to_proxy(self, server: Server) -> Proxy:
         created = server.created
@@ -263,9 +257,7 @@ class HetznerProvider:
         return Proxy(id=str(server.id), created_at=created.astimezone(UTC), ip=ip)
 
     def _sources(self) -> list[str]:
-        if self._proxy.allowed_ip is None:
-            return ["0.0.0.0/0", "::/0"]
-        return [str(ipaddress.ip_network(self._proxy.allowed_ip))]  # /32, or /128 for IPv6
+        return list(allowed_cidrs(self._proxy.allowed_ip))
 
     def _proxy_rule(self) -> FirewallRule:
         return FirewallRule(
@@ -302,23 +294,21 @@ class HetznerProvider:
             self._seen.response = None  # so a transport error is never judged by a stale answer
             return fn()
 
-        try:
-            return call_with_retries(
-                attempt, what=f"{self._key}: {what}", classify=self._classify, sleep=self._sleep
-            )
-        except APIException as exc:
-            raise self._error(what, exc) from exc
-        except requests.RequestException as exc:
+        return self._env.call(what, attempt, classify=self._classify, translate=self._translate)
+
+    def _translate(self, what: str, exc: Exception) -> Exception | None:
+        if isinstance(exc, APIException):
+            return self._error(what, exc)
+        if isinstance(exc, requests.RequestException):
             # Not str(exc): requests quotes whole URLs and nested reprs; the kind is enough.
-            raise ProviderError(
-                f"{self._key}: {what} failed: the API did not answer ({type(exc).__name__})"
-            ) from exc
-        except (KeyError, TypeError, ValueError) as exc:
+            return self._env.error(f"{what} failed: the API did not answer ({type(exc).__name__})")
+        if isinstance(exc, KeyError | TypeError | ValueError):
             # hcloud indexes the answer's JSON directly: a malformed answer must fail this
             # instance, not crash the whole run with a KeyError.
-            raise ProviderError(
-                f"{self._key}: {what} failed: unexpected answer from the API ({type(exc).__name__})"
-            ) from exc
+            return self._env.error(
+                f"{what} failed: unexpected answer from the API ({type(exc).__name__})"
+            )
+        return None
 
     def _classify(self, exc: Exception) -> Retry | None:
         if isinstance(exc, APIException):
@@ -351,10 +341,7 @@ class HetznerProvider:
                 "must be a Read & Write API token of the project"
             )
         shown = f"HTTP {status}, {code}" if isinstance(code, str) and status else f"HTTP {code}"
-        return ProviderError(f"{self._key}: {what} failed ({shown}): {self._scrub(exc.message)}")
-
-    def _scrub(self, text: str) -> str:
-        return one_line(text, (self._token, self._proxy.password))
+        return self._env.error(f"{what} failed ({shown}): {self._env.scrub(exc.message)}")
 
 
 def _or_none(fn: Callable[[], T]) -> T | None:
@@ -383,31 +370,3 @@ def _make_client(token: str, endpoint: str | None, on_response: Callable[..., No
     transport._retry_max_retries = 0
     transport._session.hooks["response"].append(on_response)
     return client
-
-
-def from_settings(
-    *,
-    instance: str,
-    settings: HetznerSettings,
-    proxy: ProxySettings,
-    sleep: Callable[[float], None] = time.sleep,
-    environ: Mapping[str, str] | None = None,
-) -> HetznerProvider:
-    """The adapter for one instance: ``settings.api_endpoint``, else ``$HETZNER_API_ENDPOINT``,
-    else the real API. ``sleep`` and ``environ`` are test seams."""
-    from cloudproxy_cli.config import env_name
-
-    env = os.environ if environ is None else environ
-    endpoint = settings.api_endpoint or env.get(ENDPOINT_ENV, "").strip() or None
-    token = settings.access_token.get_secret_value() if settings.access_token else None
-    return HetznerProvider(
-        instance=instance,
-        token=token or None,
-        token_env=env_name(PROVIDER, instance, "access_token"),
-        endpoint=endpoint,
-        location=settings.location,
-        server_type=settings.size,
-        image=settings.image,
-        proxy=proxy,
-        sleep=sleep,
-    )

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import TYPE_CHECKING
 
 from cloudproxy_cli.adapters.common import ProxySettings
 from cloudproxy_cli.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from cloudproxy_cli.config import Settings
 
 # tinyproxy's BasicAuth accepts only these characters; anything else is a syntax error that
 # kills the proxy at boot, so it is refused here, before any VM is created. The length bound
@@ -24,10 +20,19 @@ CONF_PATH = "/etc/tinyproxy/tinyproxy.conf"
 CONF_DELIMITER = "CLOUDPROXY_TINYPROXY_CONF"
 
 
-def proxy_settings(settings: Settings) -> ProxySettings:
-    """Validate what the user data will deploy; a one-line ``ConfigError`` naming the setting."""
-    username, password = settings.proxy_credentials()
-    if username is None and not settings.allow_open_proxy:
+def checked_proxy_settings(
+    *,
+    port: int,  # checked all the same: a model_copy(update=...) skips config's validation
+    username: str | None,
+    password: str | None,
+    allow_open_proxy: bool,
+    only_host_ip: bool,
+    host_ip: str | None,
+) -> ProxySettings:
+    """Validate what the user data will deploy (the values of PROXY_PORT, PROXY_USERNAME,
+    PROXY_PASSWORD, ALLOW_OPEN_PROXY, ONLY_HOST_IP and HOST_IP); a one-line ``ConfigError``
+    naming the setting."""
+    if username is None and not allow_open_proxy:
         raise ConfigError(
             "PROXY_USERNAME/PROXY_PASSWORD: unset, so the proxies would be open to anyone; "
             "set both, or ALLOW_OPEN_PROXY=True if you really mean it"
@@ -35,15 +40,14 @@ def proxy_settings(settings: Settings) -> ProxySettings:
     for name, value in (("PROXY_USERNAME", username), ("PROXY_PASSWORD", password)):
         if value is not None and (problem := _credential_problem(value)):
             raise ConfigError(f"{name}: {problem}")
-    port = settings.proxy_port
     if _port_problem(port):
         raise ConfigError("PROXY_PORT: must be a port number from 1 to 65535")
     allowed_ip = None
-    if settings.only_host_ip:
-        if settings.host_ip is None:
+    if only_host_ip:
+        if host_ip is None:
             raise ConfigError("HOST_IP: required with ONLY_HOST_IP=True (this host's public IP)")
         try:
-            allowed_ip = _canonical_ip(settings.host_ip)
+            allowed_ip = _canonical_ip(host_ip)
         except ValueError as exc:
             raise ConfigError(f"HOST_IP: {exc}") from None
     return ProxySettings(port=port, username=username, password=password, allowed_ip=allowed_ip)

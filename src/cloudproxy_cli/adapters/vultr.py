@@ -5,35 +5,33 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
-import os
-import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
 
 from cloudproxy_cli.adapters.common import (
     TAG,
+    Envelope,
     HttpError,
     ProxySettings,
-    TransportError,
-    call_with_retries,
-    classify_http,
+    allowed_cidrs,
     firewall_name,
+    guarded_delete,
     instance_tag,
-    one_line,
-    parse_retry_after,
+    owns_tags,
+    paginate,
     utc_datetime,
+    vm_name,
 )
+from cloudproxy_cli.adapters.rest import TIMEOUT_S, RestCalls, http_error
 from cloudproxy_cli.core.errors import FirewallMissingError, ProviderError
 from cloudproxy_cli.core.model import Proxy
-
-if TYPE_CHECKING:
-    from cloudproxy_cli.config import VultrSettings
 
 log = logging.getLogger("cloudproxy")
 
@@ -41,11 +39,8 @@ PROVIDER = "vultr"
 DEFAULT_ENDPOINT = "https://api.vultr.com/v2"
 ENDPOINT_ENV = "VULTR_API_ENDPOINT"
 PAGE_SIZE = 100  # Vultr allows up to 500; 100 keeps one page for any sane pool
-TIMEOUT_S = (10.0, 60.0)  # (connect, read): a hung API must fail the run, not stall it
 # Vultr reports this (or nothing) as main_ip until the instance has its address.
 _NO_ADDRESS = frozenset({"", "0.0.0.0"})  # noqa: S104 - compared with, never bound
-_MAX_PAGES = 1000  # a cursor that never ends is a broken API, not a huge account
-_IDEMPOTENT = frozenset({"GET", "DELETE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +78,15 @@ class VultrProvider:
         self._token = token
         self._token_env = token_env
         self._endpoint = endpoint.rstrip("/")
-        self._host = urlsplit(self._endpoint).hostname or self._endpoint
+        self._env = Envelope(
+            f"{PROVIDER}/{instance}", tuple(s for s in (token, proxy.password) if s), sleep
+        )
+        host = urlsplit(self._endpoint).hostname or self._endpoint
+        self._rest = RestCalls(self._env, host, self._auth_error)
         self._region = region
         self._plan = plan
         self._os_id = os_id
         self._proxy = proxy
-        self._sleep = sleep
         self._page_size = page_size
         self._session = session if session is not None else requests.Session()
         if token is not None:
@@ -106,10 +104,6 @@ class VultrProvider:
         """The API base URL this instance talks to."""
         return self._endpoint
 
-    @property
-    def _key(self) -> str:
-        return f"{PROVIDER}/{self._instance}"
-
     # --- Provider ---------------------------------------------------------------------------
 
     def list_proxies(self) -> list[Proxy]:
@@ -117,7 +111,7 @@ class VultrProvider:
         proxies = []
         owned = set()
         for item in self._pages("/instances", "instances", "list instances", {"tag": tag}):
-            if not _is_ours(item, tag):
+            if not owns_tags(item.get("tags"), self._instance):
                 continue  # the tag filter matched, but the other mark is missing
             proxy = self._to_proxy(item)
             owned.add(proxy.id)
@@ -130,13 +124,13 @@ class VultrProvider:
 
         if self._firewall_missing is not None:
             raise FirewallMissingError(
-                f"{self._key}: firewall group {self._firewall_missing} no longer exists"
+                f"{self._env.key}: firewall group {self._firewall_missing} no longer exists"
             )
-        name = f"{instance_tag(self._instance)}-{secrets.token_hex(4)}"
+        name = vm_name(self._instance)
         try:
             user_data = render_user_data(self._proxy)
         except ValueError as exc:  # its messages never quote the offending value
-            raise ProviderError(f"{self._key}: cannot render the user data: {exc}") from None
+            raise self._env.error(f"cannot render the user data: {exc}") from None
         body: dict[str, Any] = {
             "region": self._region,
             "plan": self._plan,
@@ -154,41 +148,35 @@ class VultrProvider:
             if self._firewall_id is not None and _names_firewall(exc):
                 self._firewall_missing = self._firewall_id
                 raise FirewallMissingError(
-                    f"{self._key}: firewall group {self._firewall_id} no longer exists"
-                    f" ({self._scrub(str(exc))})"
+                    f"{self._env.key}: firewall group {self._firewall_id} no longer exists"
+                    f" ({self._env.scrub(exc)})"
                 ) from None
-            raise self._error("create instance", exc) from None
+            raise self._rest.error("create instance", exc) from None
         item = answer.get("instance") if isinstance(answer, dict) else None
         if not isinstance(item, dict) or not item.get("id"):
-            raise ProviderError(f"{self._key}: create instance: the answer names no instance")
+            raise self._env.error("create instance: the answer names no instance")
         proxy = self._to_proxy(item)
         self._owned.add(proxy.id)
         return proxy
 
     def delete_proxy(self, proxy_id: str) -> None:
         path = f"/instances/{_path_segment(proxy_id)}"
-        if proxy_id not in self._owned:
-            # Not seen with both tags: read its tags before deleting anything.
-            try:
-                answer = self._request(_Call("GET", path, "read instance"))
-            except HttpError as exc:
-                if exc.status == 404:
-                    return  # already gone
-                raise self._error("read instance", exc) from None
-            item = answer.get("instance") if isinstance(answer, dict) else None
-            if not isinstance(item, dict) or not _is_ours(item, instance_tag(self._instance)):
-                log.warning(
-                    "%s: instance %s lacks this instance's tags; not deleting it",
-                    self._key,
-                    proxy_id,
-                )
-                return
-        try:
-            self._request(_Call("DELETE", path, "delete instance"))
-        except HttpError as exc:
-            if exc.status != 404:
-                raise self._error("delete instance", exc) from None
-        self._owned.discard(proxy_id)
+
+        guarded_delete(
+            proxy_id,
+            owned=self._owned,
+            read=lambda: self._rest.item_or_none(
+                "read instance",
+                partial(self._request, _Call("GET", path, "read instance")),
+                "instance",
+            ),
+            owns=lambda item: owns_tags(item.get("tags"), self._instance),
+            delete=lambda _: self._rest.delete(
+                "delete instance", partial(self._request, _Call("DELETE", path, "delete instance"))
+            ),
+            key=self._env.key,
+            noun="instance",
+        )
 
     def ensure_firewall(self, known_id: str | None) -> str | None:
         if known_id is not None:
@@ -210,11 +198,11 @@ class VultrProvider:
             )
             found = answer.get("firewall_group") if isinstance(answer, dict) else None
             if not isinstance(found, dict):
-                raise ProviderError(f"{self._key}: create firewall group: no group in the answer")
+                raise self._env.error("create firewall group: no group in the answer")
             found = {**found, "rule_count": 0}
         group_id = str(found.get("id") or "")
         if not group_id:
-            raise ProviderError(f"{self._key}: firewall group {name} has no id")
+            raise self._env.error(f"firewall group {name} has no id")
         if found.get("rule_count") == 0:
             # Just created, or a previous run failed between creating the group and its rule:
             # a group without the rule would block the proxy port forever.
@@ -238,13 +226,9 @@ class VultrProvider:
         Vultr firewall rules are inbound only (everything outbound is allowed), so this single
         rule is the whole policy: nothing else, not even SSH, is reachable.
         """
-        allowed = self._proxy.allowed_ip
-        if allowed is None:
-            subnet, size, ip_type = "0.0.0.0", 0, "v4"  # noqa: S104 - a rule subnet, not a bind
-        else:
-            address = ipaddress.ip_address(allowed)
-            subnet, size = str(address), address.max_prefixlen
-            ip_type = f"v{address.version}"
+        network = ipaddress.ip_network(allowed_cidrs(self._proxy.allowed_ip, open_ipv6=False)[0])
+        subnet, size = str(network.network_address), network.prefixlen
+        ip_type = f"v{network.version}"
         return {
             "ip_type": ip_type,
             "protocol": "tcp",
@@ -259,87 +243,57 @@ class VultrProvider:
     ) -> Iterator[dict[str, Any]]:
         """Every item of a cursor-paginated list, following ``meta.links.next``."""
         query: dict[str, str | int] = {**(params or {}), "per_page": self._page_size}
-        seen: set[str] = set()
-        for _ in range(_MAX_PAGES):
-            answer = self._call(_Call("GET", path, what, params=query))
+
+        def fetch(cursor: str | None) -> tuple[Iterable[dict[str, Any]], str | None]:
+            page = query if cursor is None else {**query, "cursor": cursor}
+            answer = self._call(_Call("GET", path, what, params=page))
             items = answer.get(key) if isinstance(answer, dict) else None
             if not isinstance(items, list):
-                raise ProviderError(f"{self._key}: {what}: the answer has no {key!r} list")
-            yield from (item for item in items if isinstance(item, dict))
+                raise self._env.error(f"{what}: the answer has no {key!r} list")
             meta = answer.get("meta")
             links = meta.get("links") if isinstance(meta, dict) else None
-            cursor = links.get("next") if isinstance(links, dict) else None
-            if not cursor:
-                return
-            if not isinstance(cursor, str) or cursor in seen:
-                raise ProviderError(f"{self._key}: {what}: the API's page cursor loops")
-            seen.add(cursor)
-            query = {**query, "cursor": cursor}
-        raise ProviderError(f"{self._key}: {what}: more than {_MAX_PAGES} pages")
+            following = links.get("next") if isinstance(links, dict) else None
+            if following and not isinstance(following, str):
+                raise self._env.error(f"{what}: the API's page cursor is not text")
+            return [item for item in items if isinstance(item, dict)], following or None
+
+        return paginate(fetch, fail=self._env.error, what=what)
 
     def _call(self, call: _Call) -> Any:
         """``_request``, with every error answer turned into a one-line ``ProviderError``."""
-        try:
-            return self._request(call)
-        except HttpError as exc:
-            raise self._error(call.what, exc) from None
+        return self._rest.call(call.what, call.method, lambda: self._send(call))
 
     def _request(self, call: _Call) -> Any:
         """One API call, retried on 429/5xx; the decoded JSON body (``None`` when empty).
 
         Raises ``HttpError`` for an error answer, ``ProviderError`` when unreachable.
         """
+        return self._rest.request(call.what, call.method, lambda: self._send(call))
+
+    def _send(self, call: _Call) -> Any:
         if self._token is None:
-            raise ProviderError(f"{self._key}: no API token; set {self._token_env}")
-        url = self._endpoint + call.path
-
-        def once() -> requests.Response:
-            try:
-                response = self._session.request(
-                    call.method, url, params=call.params, json=call.body, timeout=TIMEOUT_S
-                )
-            except requests.RequestException as exc:
-                # requests' own messages quote the URL and more; a short one of ours suffices.
-                retryable = call.method in _IDEMPOTENT or isinstance(exc, requests.ConnectTimeout)
-                raise TransportError(
-                    f"cannot reach {self._host} ({type(exc).__name__})", retryable=retryable
-                ) from None
-            if response.status_code >= 400:
-                raise HttpError(
-                    response.status_code,
-                    self._scrub(_error_message(response)),
-                    parse_retry_after(response.headers.get("Retry-After")),
-                )
-            return response
-
-        try:
-            response = call_with_retries(
-                once, what=f"{self._key}: {call.what}", classify=classify_http, sleep=self._sleep
-            )
-        except HttpError as exc:
-            if exc.status in (401, 403):
-                raise self._error(call.what, exc) from None
-            raise
-        except TransportError as exc:
-            raise ProviderError(f"{self._key}: {call.what} failed: {exc}") from None
+            raise self._env.error(f"no API token; set {self._token_env}")
+        response = self._session.request(
+            call.method,
+            self._endpoint + call.path,
+            params=call.params,
+            json=call.body,
+            timeout=TIMEOUT_S,
+        )
+        if response.status_code >= 400:
+            raise http_error(response, "error", self._env)
         if not response.content:
             return None
         try:
             return response.json()
         except ValueError:
-            raise ProviderError(f"{self._key}: {call.what}: the answer is not JSON") from None
+            raise self._env.error(f"{call.what}: the answer is not JSON") from None
 
-    def _error(self, what: str, exc: HttpError) -> ProviderError:
-        if exc.status in (401, 403):
-            hint = f"check {self._token_env}"
-            if exc.status == 403:
-                hint += " and the API key's allowed IP ranges"
-            return ProviderError(f"{self._key}: authentication failed ({exc.status}); {hint}")
-        return ProviderError(f"{self._key}: {what} failed: {exc}")
-
-    def _scrub(self, text: str) -> str:
-        """One short line without a secret, whatever the API chose to echo."""
-        return one_line(text, (self._token, self._proxy.password))
+    def _auth_error(self, _what: str, exc: HttpError) -> ProviderError:
+        hint = f"check {self._token_env}"
+        if exc.status == 403:
+            hint += " and the API key's allowed IP ranges"
+        return self._env.error(f"authentication failed ({exc.status}); {hint}")
 
     def _to_proxy(self, item: dict[str, Any]) -> Proxy:
         ip = item.get("main_ip")
@@ -354,13 +308,8 @@ class VultrProvider:
             return utc_datetime(item.get("date_created"))
         except ValueError:
             raise ProviderError(
-                f"{self._key}: instance {item.get('id')} has no valid date_created"
+                f"{self._env.key}: instance {item.get('id')} has no valid date_created"
             ) from None
-
-
-def _is_ours(item: dict[str, Any], tag: str) -> bool:
-    tags = item.get("tags")
-    return isinstance(tags, list) and TAG in tags and tag in tags
 
 
 def _names_firewall(exc: HttpError) -> bool:
@@ -368,50 +317,6 @@ def _names_firewall(exc: HttpError) -> bool:
     return exc.status in (400, 404) and "firewall" in exc.message.lower()
 
 
-def _error_message(response: requests.Response) -> str:
-    """Vultr's ``{"error": "...", "status": N}``; else the reason phrase."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return str(body["error"])
-    return response.reason or ""
-
-
 def _path_segment(value: str) -> str:
     """An id as one path segment: an id with a '/' must not reach another endpoint."""
     return quote(value, safe="")
-
-
-def from_settings(
-    *,
-    instance: str,
-    settings: VultrSettings,
-    proxy: ProxySettings,
-    session: requests.Session | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    page_size: int = PAGE_SIZE,
-) -> VultrProvider:
-    """The adapter for one ``[providers.vultr.<instance>]``.
-
-    Endpoint: ``api_endpoint``, else ``$VULTR_API_ENDPOINT``, else the real API. ``session``,
-    ``sleep`` and ``page_size`` are test seams.
-    """
-    from cloudproxy_cli.config import env_name
-
-    token = settings.api_token.get_secret_value() if settings.api_token is not None else None
-    endpoint = settings.api_endpoint or os.environ.get(ENDPOINT_ENV, "").strip() or DEFAULT_ENDPOINT
-    return VultrProvider(
-        instance=instance,
-        token=token,
-        token_env=env_name(PROVIDER, instance, "api_token"),
-        endpoint=endpoint,
-        region=settings.region,
-        plan=settings.plan,
-        os_id=settings.os_id,
-        proxy=proxy,
-        session=session,
-        sleep=sleep,
-        page_size=page_size,
-    )

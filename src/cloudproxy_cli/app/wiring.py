@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from cloudproxy_cli.app.service import InstanceRuntime
+from cloudproxy_cli.config import (
+    AwsSettings,
+    DigitalOceanSettings,
+    GcpSettings,
+    HetznerSettings,
+    InstanceSettings,
+    LocalSettings,
+    VultrSettings,
+)
 from cloudproxy_cli.core.errors import ConfigError, UsageError
 from cloudproxy_cli.core.model import InstanceKey
 from cloudproxy_cli.core.policy import (
@@ -20,18 +31,55 @@ from cloudproxy_cli.core.policy import (
 from cloudproxy_cli.core.state import RollingOverrides
 
 if TYPE_CHECKING:
-    from cloudproxy_cli.config import InstanceSettings, LoadedConfig, Settings
+    from cloudproxy_cli.adapters.state_file import StateFile
+    from cloudproxy_cli.config import LoadedConfig, Settings
     from cloudproxy_cli.core.ports import Prober, Provider
 
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """One provider: its settings model, what its log lines call a proxy, and its factory.
+
+    ``factory`` is ``"module:function"``, imported only when an instance is built: its module
+    imports the adapter, and the adapter its SDK. The function takes keyword arguments
+    ``instance``, ``settings`` (a ``settings_model``) and ``proxy``, plus ``state_dir`` for a
+    provider that is not ``remote``.
+    """
+
+    name: str
+    settings_model: type[InstanceSettings]
+    resource_noun: str
+    factory: str
+    remote: bool = True  # VMs elsewhere: user data to deploy, a health URL they can reach
+
+    def load_factory(self) -> Callable[..., Provider]:
+        module, _, function = self.factory.partition(":")
+        made: Callable[..., Provider] = getattr(importlib.import_module(module), function)
+        return made
+
+
+_FACTORIES = "cloudproxy_cli.app.factories"
+
+PROVIDERS: Mapping[str, ProviderSpec] = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            ProviderSpec("local", LocalSettings, "proxy", f"{_FACTORIES}:local", remote=False),
+            ProviderSpec(
+                "digitalocean", DigitalOceanSettings, "droplet", f"{_FACTORIES}:digitalocean"
+            ),
+            ProviderSpec("aws", AwsSettings, "instance", f"{_FACTORIES}:aws"),
+            ProviderSpec("gcp", GcpSettings, "instance", f"{_FACTORIES}:gcp"),
+            ProviderSpec("hetzner", HetznerSettings, "server", f"{_FACTORIES}:hetzner"),
+            ProviderSpec("vultr", VultrSettings, "instance", f"{_FACTORIES}:vultr"),
+        )
+    }
+)
+
 # What the spec's log lines call one proxy of each provider.
-RESOURCE_NOUNS = {
-    "digitalocean": "droplet",
-    "aws": "instance",
-    "gcp": "instance",
-    "hetzner": "server",
-    "vultr": "instance",
-    "local": "proxy",
-}
+RESOURCE_NOUNS: Mapping[str, str] = MappingProxyType(
+    {name: spec.resource_noun for name, spec in PROVIDERS.items()}
+)
 
 
 class SystemClock:
@@ -56,31 +104,37 @@ def instance_policy(
     )
 
 
+def provider_spec(provider: str) -> ProviderSpec:
+    spec = PROVIDERS.get(provider)
+    if spec is None:
+        raise ConfigError(f"unknown provider {provider!r} (known: {', '.join(PROVIDERS)})")
+    return spec
+
+
 def make_provider(
-    provider: str, instance: str, inst: InstanceSettings, settings: Settings, state_path: Path
+    provider: str,
+    instance: str,
+    inst: InstanceSettings,
+    settings: Settings,
+    state_path: Path,
+    environ: Mapping[str, str] | None = None,
 ) -> Provider:
-    """The adapter for one instance. Each adapter module (and its SDK) is imported only here."""
-    if provider == "local":
-        from cloudproxy_cli.adapters.local import LocalProvider
-        from cloudproxy_cli.config import LocalSettings
+    """The adapter for one instance. Each adapter module (and its SDK) is imported only here,
+    and only for the instances that are enabled."""
+    spec = provider_spec(provider)
+    if not isinstance(inst, spec.settings_model):
+        raise TypeError(f"{provider}/{instance}: settings are not {spec.settings_model.__name__}")
+    from cloudproxy_cli.app import factories
 
-        assert isinstance(inst, LocalSettings)
-        username, password = settings.proxy_credentials()
-        return LocalProvider(
-            instance=instance,
-            # The local inventory lives beside the state file, one directory per instance.
-            directory=state_path.parent / "local" / instance,
-            username=username,
-            password=password,
-            boot_delay_s=inst.boot_delay,
-        )
-    # A cloud adapter module exposes ``from_settings(instance, settings, proxy)``; importing it
-    # (and so its SDK) happens only for the instances that are enabled.
-    from cloudproxy_cli.adapters.user_data import proxy_settings
-
-    module = importlib.import_module(f"cloudproxy_cli.adapters.{provider}")
-    factory: Callable[..., Provider] = module.from_settings
-    return factory(instance=instance, settings=inst, proxy=proxy_settings(settings))
+    factory = spec.load_factory()
+    extra: dict[str, Any]
+    if spec.remote:
+        proxy = factories.proxy_settings(settings)
+        extra = {"environ": environ}
+    else:
+        proxy = factories.local_proxy_settings(settings)
+        extra = {"state_dir": state_path.parent}
+    return factory(instance=instance, settings=inst, proxy=proxy, **extra)
 
 
 def select_instances(
@@ -134,7 +188,7 @@ def make_prober(settings: Settings, providers: set[str]) -> Prober:
     """
     from cloudproxy_cli.adapters.health import HttpProber
 
-    remote = sorted(providers - {"local"})
+    remote = sorted(p for p in providers if provider_spec(p).remote)
     if remote and settings.health_check_url is None:
         raise ConfigError(
             f"HEALTH_CHECK_URL: required when a cloud provider is enabled ({', '.join(remote)}): "
