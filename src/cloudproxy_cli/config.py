@@ -27,7 +27,6 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cloudproxy_cli.core.errors import ConfigError, UsageError
 from cloudproxy_cli.core.policy import RollingPolicy, Strategy
@@ -248,13 +247,15 @@ PROVIDER_SETTINGS: dict[str, type[InstanceSettings]] = {
 # --- global settings ---------------------------------------------------------------------
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Every setting of one run. Build it with ``load_config``; ``Settings()`` is all defaults."""
 
-    # Sources are read by load_config, not by pydantic-settings: the environment must be the
-    # mapping the caller passed (tests pass dicts), provider env names need longest-suffix
-    # matching over open-ended instance names, and every value must keep its origin.
-    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+    # A plain model, not pydantic-settings: load_config reads the sources itself (the
+    # environment must be the mapping the caller passed, provider env names need longest-suffix
+    # matching over open-ended instance names, every value keeps its origin), and importing
+    # pydantic-settings (with asyncio and dotenv) cost about 0.1 s of every command's start.
+    # validate_default as BaseSettings had it: the defaults go through the same validators.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     age_limit: NonNegativeInt = 0
     rolling_deployment: Flag = False
@@ -276,17 +277,6 @@ class Settings(BaseSettings):
     host_ip: OptionalIp = None  # this host's public IP: required with ONLY_HOST_IP
     allow_open_proxy: Flag = False
     providers: dict[str, dict[str, InstanceSettings]] = Field(default_factory=dict)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
 
     def rolling_policy(self) -> RollingPolicy:
         return RollingPolicy(

@@ -1,0 +1,112 @@
+"""Benchmark: start-up of `cloudproxy rolling status` against `import typer, rich.table`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cloudproxy_cli.core.state import InstanceSnapshot, InstanceState, State, encode_state
+
+BASELINE = "import typer, rich.table"
+# For reference only (not gated): the least any Typer app pays to run one command, since Typer
+# 0.29 coerces parameters through pydantic TypeAdapters (importing pydantic, building schemas).
+TYPER_APP = """
+import typer, rich.table
+app = typer.Typer()
+@app.command()
+def status(json: bool = False, provider: str | None = None) -> None: ...
+@app.command()
+def other() -> None: ...
+app()
+"""
+LABELS = {
+    "status": "cloudproxy rolling status",
+    "baseline": BASELINE.removeprefix("import "),
+    "typer_app": "(a 2-option Typer command)",
+}
+
+
+def write_state(path: Path) -> None:
+    """A small state file as a few runs of a three-proxy local fleet would leave it."""
+    now = datetime.now(UTC)
+    snap = InstanceSnapshot(
+        last_update=now - timedelta(seconds=30),
+        healthy_ips=("127.0.0.1:40001", "127.0.0.1:40002", "127.0.0.1:40003"),
+        effective_min_available=2,
+        min_scaling=3,
+    )
+    state = State(instances={"local/default": InstanceState(snapshot=snap)})
+    path.write_text(json.dumps(encode_state(state)), encoding="utf-8")
+
+
+def cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time of one run (CPU time varies less on a busy machine)."""
+    cpu, start = cpu_of_children(), time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-500:]}")
+    return elapsed, cpu_of_children() - cpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=15, help="runs of each command (interleaved)")
+    parser.add_argument("--max-ratio", type=float, default=1.5, help="fail above this ratio")
+    args = parser.parse_args()
+
+    exe = shutil.which("cloudproxy", path=str(Path(sys.executable).parent)) or "cloudproxy"
+    with tempfile.TemporaryDirectory(prefix="cloudproxy-startup-") as tmp:
+        state_file = Path(tmp) / "state.json"
+        write_state(state_file)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CLOUDPROXY_", "ROLLING_"))
+            and not k.endswith(("_ENABLED", "_MIN_SCALING"))
+        }
+        # The local provider only: no cloud settings, no config file from the caller.
+        env |= {"LOCAL_ENABLED": "True", "HOME": tmp, "XDG_CONFIG_HOME": tmp}
+        status = [exe, "--state-file", str(state_file), "rolling", "status"]
+        commands = {
+            "status": status,
+            "baseline": [sys.executable, "-c", BASELINE],
+            "typer_app": [sys.executable, "-c", TYPER_APP, "status"],
+        }
+        for argv in commands.values():
+            timed(argv, env)  # warm the page cache and .pyc files before timing
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        for _ in range(args.runs):
+            for name, argv in commands.items():
+                runs[name].append(timed(argv, env))
+
+    wall = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
+    for name, label in LABELS.items():
+        print(
+            f"{label:26} median wall {wall[name] * 1000:4.0f} ms, "
+            f"cpu {cpu[name] * 1000:4.0f} ms over {args.runs} runs"
+        )
+    ratio = wall["status"] / wall["baseline"]
+    cpu_ratio = cpu["status"] / cpu["baseline"]
+    print(f"ratio (wall): {ratio:.2f} (max {args.max_ratio}); cpu: {cpu_ratio:.2f}")
+    return 0 if ratio <= args.max_ratio else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
