@@ -1,0 +1,291 @@
+"""Corrupt, odd and foreign state files: readers never change them, reconcile recovers keeping
+the original bytes or refuses in one line, and a newer version's file is never replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from cloudproxy_cli.adapters.local import LocalProvider
+from cloudproxy_cli.core.state import (
+    SCHEMA_VERSION,
+    Deferral,
+    InstanceSnapshot,
+    InstanceState,
+    NewerStateError,
+    ProxyRecord,
+    RecycleOperation,
+    RollingOverrides,
+    State,
+    StateFormatError,
+    decode_state,
+    encode_state,
+)
+from tests.fuzz.support import FUZZ, Reliability, Result, Sandbox, check_output, run_cli, sandbox
+
+# StateFile.load moves a corrupt file aside even when a read-only command (rolling status,
+# proxies, reconcile --dry-run) calls it. Another change makes load read-only; until it lands,
+# a reader may leave the file *moved aside with its bytes intact* instead of in place.
+# TODO(integrator): set to False once StateFile.load never writes.
+READERS_MAY_MOVE_CORRUPT_FILE_ASIDE = True
+
+READERS: tuple[tuple[str, ...], ...] = (
+    ("rolling", "status"),
+    ("rolling", "status", "--json"),
+    ("proxies",),
+    ("reconcile", "--dry-run"),
+)
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def real_state() -> State:
+    """A state with every kind of field filled in, as a real run would leave it."""
+    snap = InstanceSnapshot(
+        last_update=T0,
+        healthy_ips=("127.0.0.1:4001",),
+        pending_ips=("127.0.0.1:4002",),
+        pending=1,
+        aged_ips=("127.0.0.1:4001",),
+        deferred=(Deferral("local-0000000a", "127.0.0.1:4001", "batch full"),),
+        in_flight=1,
+        effective_min_available=1,
+        min_scaling=2,
+        last_error="timed out",
+        last_error_at=T0,
+        warnings=("a warning",),
+    )
+    records = {
+        "local-0000000a": ProxyRecord("local-0000000a", T0, True, 0, T0),
+        "local-0000000b": ProxyRecord("local-0000000b", T0 + timedelta(minutes=1), False, 2),
+    }
+    # Open operations live under an instance that is not enabled, so no run acts on them.
+    ops = (
+        RecycleOperation("op-1", T0, "replace", "i-1", "198.51.100.1", T0, True, "i-2"),
+        RecycleOperation("op-2", T0, "adopted", replacement_id="i-3"),
+    )
+    return State(
+        instances={
+            "local/default": InstanceState(records=records, snapshot=snap),
+            "aws/eu": InstanceState(operations=ops, firewall_id="sg-1"),
+        },
+        overrides=RollingOverrides(enabled=True, min_available=1, batch_size=2, strategy="surge"),
+    )
+
+
+REAL_DOC = encode_state(real_state())
+REAL_BYTES = (json.dumps(REAL_DOC, indent=2) + "\n").encode()
+
+
+def classify(data: bytes) -> str:
+    """What the state file holds: ``valid``, ``newer`` (a higher schema) or ``corrupt``."""
+    try:
+        decode_state(json.loads(data))
+    except NewerStateError:
+        return "newer"
+    except (StateFormatError, ValueError, RecursionError):
+        return "corrupt"
+    return "valid"
+
+
+@st.composite
+def paths_in(draw: st.DrawFn, doc: Any) -> list[Any]:
+    """A path from the root of ``doc`` to one of its values."""
+    path: list[Any] = []
+    node = doc
+    while isinstance(node, dict | list) and node and draw(st.booleans() | st.just(True)):
+        key = draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
+        path.append(key)
+        node = node[key]
+    return path
+
+
+json_junk = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=4,
+)
+
+
+def replaced(doc: Any, path: list[Any], value: Any) -> Any:
+    if not path:
+        return value
+    copy = dict(doc) if isinstance(doc, dict) else list(doc)
+    copy[path[0]] = replaced(doc[path[0]], path[1:], value)
+    return copy
+
+
+def dumps(doc: Any) -> bytes:
+    return json.dumps(doc, indent=2).encode()  # NaN and Infinity included, as Python writes them
+
+
+corruptions = st.one_of(
+    st.tuples(st.just("state/truncated"), st.integers(0, len(REAL_BYTES) - 1)).map(
+        lambda t: (t[0], REAL_BYTES[: t[1]])
+    ),
+    st.tuples(
+        st.just("state/flipped-bytes"),
+        st.lists(st.tuples(st.integers(0, len(REAL_BYTES) - 1), st.integers(1, 255)), max_size=4),
+    ).map(lambda t: (t[0], flip(REAL_BYTES, t[1]))),
+    st.tuples(st.just("state/wrong-type"), paths_in(REAL_DOC), json_junk).map(
+        lambda t: (t[0], dumps(replaced(REAL_DOC, t[1], t[2])))
+    ),
+    st.tuples(
+        st.just("state/schema-version"),
+        st.one_of(
+            st.integers(-(10**30), 10**30),
+            st.sampled_from([str(SCHEMA_VERSION), 1.0, True, None, [1], "2"]),
+        ),
+    ).map(lambda t: (t[0], dumps({**REAL_DOC, "schema_version": t[1]}))),
+    st.tuples(st.just("state/junk-bytes"), st.binary(max_size=64)),
+)
+
+
+def flip(data: bytes, flips: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data)
+    for offset, mask in flips:
+        out[offset] ^= mask
+    return bytes(out)
+
+
+# --- the properties ---------------------------------------------------------------------------
+
+
+def entries(box: Sandbox) -> dict[str, tuple[bytes | str, int]]:
+    """The state directory's files (content or link target, inode); lock and inventory aside."""
+    found: dict[str, tuple[bytes | str, int]] = {}
+    for path in box.state_file.parent.iterdir():
+        if path.name.endswith(".lock") or path.name == "local":
+            continue
+        st_ = path.lstat()
+        if path.is_symlink():
+            found[path.name] = (os.readlink(path), st_.st_ino)
+        elif path.is_file():
+            found[path.name] = (path.read_bytes(), st_.st_ino)
+        else:
+            found[path.name] = ("<dir>", st_.st_ino)
+    return found
+
+
+def backups(box: Sandbox) -> list[Path]:
+    return sorted(box.state_file.parent.glob("state.json.corrupt-*"))
+
+
+def backed_up_bytes(box: Sandbox) -> list[bytes]:
+    return [p.read_bytes() for p in backups(box)]  # read through a symlink to its target
+
+
+def assert_no_proxies(box: Sandbox) -> None:
+    """No example may start a proxy; if one did, stop it before failing."""
+    left = box.inventory_files()
+    if left:
+        provider = LocalProvider(
+            instance="default", directory=box.inventory, username=None, password=None
+        )
+        for name in left:
+            provider.delete_proxy(name.removesuffix(".json"))
+    assert not left, left
+
+
+def check_reader(box: Sandbox, before: dict[str, tuple[bytes | str, int]], result: Result) -> str:
+    """A read-only command leaves the directory as it found it (bytes and inodes)."""
+    check_output(result)
+    after = entries(box)
+    if after == before:
+        return f"exit-{result.code}"
+    # Marked, see READERS_MAY_MOVE_CORRUPT_FILE_ASIDE: today's load renames a corrupt file.
+    assert READERS_MAY_MOVE_CORRUPT_FILE_ASIDE, (before.keys(), after.keys())
+    moved = {k: v for k, v in after.items() if k not in before}
+    assert box.state_file.name not in after and len(moved) == 1, (before.keys(), after.keys())
+    assert next(iter(moved.values())) == before[box.state_file.name]
+    return "moved-aside-by-reader"
+
+
+def check_reconcile(box: Sandbox, data: bytes, kind: str, result: Result) -> str:
+    """Reconcile proceeds on a valid file, recovers from a corrupt one keeping its bytes in a
+    backup, and refuses (one line, file untouched) a newer version's file or an unreadable one."""
+    check_output(result)
+    assert_no_proxies(box)
+    if kind == "newer":
+        assert result.code == 1 and "newer cloudproxy" in result.error_lines[0], result
+        assert box.state_file.read_bytes() == data
+        return "refused"
+    if result.code != 0:
+        assert len(result.error_lines) == 1, result
+        assert box.state_file.read_bytes() == data, "a refused run changed the state file"
+        return "refused"
+    if kind == "corrupt":
+        assert data in backed_up_bytes(box), "the corrupt file's bytes were lost"
+        assert "was corrupt" in result.stderr
+        return "recovered"
+    assert backups(box) == []
+    return "proceeded"
+
+
+def fuzz_one(data: bytes, reader: tuple[str, ...], fault: str, reliability: Reliability) -> None:
+    kind = classify(data)
+    with tempfile.TemporaryDirectory() as tmp, sandbox(Path(tmp)) as box:
+        box.state_file.write_bytes(data)
+        before = entries(box)
+        outcome = check_reader(box, before, run_cli(list(reader)))
+        if kind == "newer":
+            assert outcome == "exit-1", outcome
+        reliability.record(f"{fault}/read", outcome)
+        box.state_file.write_bytes(data)  # a reader may have moved it aside (see above)
+        for stale in backups(box):
+            stale.unlink()
+        outcome = check_reconcile(box, data, kind, run_cli(["reconcile"]))
+        reliability.record(f"{fault}/reconcile", f"{kind}-{outcome}")
+
+
+@settings(FUZZ, max_examples=250)
+@given(corruption=corruptions, reader=st.sampled_from(READERS))
+@example(
+    corruption=("state/wrong-type", dumps(replaced(REAL_DOC, ["overrides", "strategy"], "x"))),
+    reader=("rolling", "status"),
+)
+@example(
+    corruption=(
+        "state/wrong-type",
+        dumps(
+            replaced(
+                REAL_DOC,
+                ["instances", "local/default", "records", "local-0000000a", "consecutive_failures"],
+                float("inf"),
+            )
+        ),
+    ),
+    reader=("proxies",),
+)
+@example(
+    corruption=(
+        "state/wrong-type",
+        dumps(
+            replaced(
+                REAL_DOC,
+                ["instances", "aws/eu", "operations", 0, "opened_at"],
+                "0001-01-01T00:00:00+05:00",
+            )
+        ),
+    ),
+    reader=("rolling", "status", "--json"),
+)
+@example(
+    corruption=("state/schema-version", dumps({**REAL_DOC, "schema_version": 2})),
+    reader=("reconcile", "--dry-run"),
+)
+def test_corrupt_state_files(
+    corruption: tuple[str, bytes], reader: tuple[str, ...], reliability: Reliability
+) -> None:
+    fault, data = corruption
+    fuzz_one(data, reader, fault, reliability)
