@@ -238,7 +238,8 @@ class LocalProvider:
             entry = _parse_entry(data)
         except FileNotFoundError:
             raise
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        # OverflowError: a created_at near year 1 or 9999 that does not exist in UTC.
+        except (OSError, ValueError, KeyError, TypeError, OverflowError) as err:
             raise ProviderError(
                 f"local/{self._instance}: corrupt inventory file {path}: {err}"
             ) from err
@@ -284,7 +285,7 @@ def _parse_entry(data: Any) -> _Entry:
         raise ValueError(f"bad id {proxy_id!r}")
     for name, value, low, high in (
         ("port", port, 1, 65535),
-        ("pid", pid, 1, 2**31),
+        ("pid", pid, 1, 2**31 - 1),  # pid_t: a larger one overflows os.pidfd_open
         ("start_time", start_time, 0, 2**63),
     ):
         if type(value) is not int or not low <= value <= high:
