@@ -11,10 +11,13 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
+from cloudproxy_cli.adapters.local import LocalProvider
 from cloudproxy_cli.cli.app import run
 from cloudproxy_cli.config import GLOBAL_SETTINGS, PROVIDER_SETTINGS
 
@@ -138,3 +141,55 @@ def check_output(result: Result) -> None:
         assert len(errors) == 1, result.stderr
     for line in result.stderr.splitlines():
         assert line.startswith(ERROR_PREFIX) or LOG_LINE.match(line), line
+
+
+# --- shared strategies and checks ---------------------------------------------------------
+
+json_junk = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=4,
+)
+
+
+def dumps(doc: Any) -> bytes:
+    return json.dumps(doc, indent=2).encode()  # NaN and Infinity included, as Python writes them
+
+
+def flip(data: bytes, flips: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data)
+    for offset, mask in flips:
+        out[offset] ^= mask
+    return bytes(out)
+
+
+def entries(box: Sandbox) -> dict[str, tuple[bytes | str, int]]:
+    """The state directory's files (content or link target, inode); lock and inventory aside."""
+    found: dict[str, tuple[bytes | str, int]] = {}
+    for path in box.state_file.parent.iterdir():
+        if path.name.endswith(".lock") or path.name == "local":
+            continue
+        st_ = path.lstat()
+        if path.is_symlink():
+            found[path.name] = (os.readlink(path), st_.st_ino)
+        elif path.is_file():
+            found[path.name] = (path.read_bytes(), st_.st_ino)
+        else:
+            found[path.name] = ("<dir>", st_.st_ino)
+    return found
+
+
+def assert_no_proxies(box: Sandbox) -> None:
+    """No example may start a proxy; if one did, stop it before failing."""
+    left = box.inventory_files()
+    if left:
+        provider = LocalProvider(
+            instance="default", directory=box.inventory, username=None, password=None
+        )
+        for name in left:
+            provider.delete_proxy(name.removesuffix(".json"))
+    assert not left, left

@@ -6,12 +6,23 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cloudproxy_cli.core.state import RollingOverrides, State, encode_state
-from tests.fuzz.support import FUZZ, Reliability, check_output, run_cli, sandbox
-from tests.fuzz.test_fuzz_state import assert_no_proxies, dumps, entries
+from tests.fuzz.support import (
+    FUZZ,
+    Reliability,
+    assert_no_proxies,
+    check_output,
+    dumps,
+    entries,
+    run_cli,
+    sandbox,
+)
+
+pytestmark = pytest.mark.fuzz
 
 STATE_BYTES = dumps(encode_state(State(overrides=RollingOverrides(batch_size=3))))
 

@@ -28,6 +28,8 @@ from cloudproxy_cli.core.errors import ConfigError
 from cloudproxy_cli.core.policy import Strategy
 from tests.fuzz.support import FUZZ, Reliability
 
+pytestmark = pytest.mark.fuzz
+
 # Secrets are generated with this marker so a leak is recognisable in any message.
 SECRET_MARK = "s3cr3t-"
 

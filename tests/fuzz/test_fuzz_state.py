@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cloudproxy_cli.adapters.local import LocalProvider
 from cloudproxy_cli.core.state import (
     SCHEMA_VERSION,
     Deferral,
@@ -28,7 +28,22 @@ from cloudproxy_cli.core.state import (
     decode_state,
     encode_state,
 )
-from tests.fuzz.support import FUZZ, Reliability, Result, Sandbox, check_output, run_cli, sandbox
+from tests.fuzz.support import (
+    FUZZ,
+    Reliability,
+    Result,
+    Sandbox,
+    assert_no_proxies,
+    check_output,
+    dumps,
+    entries,
+    flip,
+    json_junk,
+    run_cli,
+    sandbox,
+)
+
+pytestmark = pytest.mark.fuzz
 
 # StateFile.load moves a corrupt file aside even when a read-only command (rolling status,
 # proxies, reconcile --dry-run) calls it. Another change makes load read-only; until it lands,
@@ -106,27 +121,12 @@ def paths_in(draw: st.DrawFn, doc: Any) -> list[Any]:
     return path
 
 
-json_junk = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
-    max_leaves=4,
-)
-
-
 def replaced(doc: Any, path: list[Any], value: Any) -> Any:
     if not path:
         return value
     copy = dict(doc) if isinstance(doc, dict) else list(doc)
     copy[path[0]] = replaced(doc[path[0]], path[1:], value)
     return copy
-
-
-def dumps(doc: Any) -> bytes:
-    return json.dumps(doc, indent=2).encode()  # NaN and Infinity included, as Python writes them
 
 
 corruptions = st.one_of(
@@ -151,30 +151,7 @@ corruptions = st.one_of(
 )
 
 
-def flip(data: bytes, flips: list[tuple[int, int]]) -> bytes:
-    out = bytearray(data)
-    for offset, mask in flips:
-        out[offset] ^= mask
-    return bytes(out)
-
-
 # --- the properties ---------------------------------------------------------------------------
-
-
-def entries(box: Sandbox) -> dict[str, tuple[bytes | str, int]]:
-    """The state directory's files (content or link target, inode); lock and inventory aside."""
-    found: dict[str, tuple[bytes | str, int]] = {}
-    for path in box.state_file.parent.iterdir():
-        if path.name.endswith(".lock") or path.name == "local":
-            continue
-        st_ = path.lstat()
-        if path.is_symlink():
-            found[path.name] = (os.readlink(path), st_.st_ino)
-        elif path.is_file():
-            found[path.name] = (path.read_bytes(), st_.st_ino)
-        else:
-            found[path.name] = ("<dir>", st_.st_ino)
-    return found
 
 
 def backups(box: Sandbox) -> list[Path]:
@@ -183,18 +160,6 @@ def backups(box: Sandbox) -> list[Path]:
 
 def backed_up_bytes(box: Sandbox) -> list[bytes]:
     return [p.read_bytes() for p in backups(box)]  # read through a symlink to its target
-
-
-def assert_no_proxies(box: Sandbox) -> None:
-    """No example may start a proxy; if one did, stop it before failing."""
-    left = box.inventory_files()
-    if left:
-        provider = LocalProvider(
-            instance="default", directory=box.inventory, username=None, password=None
-        )
-        for name in left:
-            provider.delete_proxy(name.removesuffix(".json"))
-    assert not left, left
 
 
 def check_reader(box: Sandbox, before: dict[str, tuple[bytes | str, int]], result: Result) -> str:
@@ -248,7 +213,7 @@ def fuzz_one(data: bytes, reader: tuple[str, ...], fault: str, reliability: Reli
         reliability.record(f"{fault}/reconcile", f"{kind}-{outcome}")
 
 
-@settings(FUZZ, max_examples=250)
+@settings(FUZZ, max_examples=200)
 @given(corruption=corruptions, reader=st.sampled_from(READERS))
 @example(
     corruption=("state/wrong-type", dumps(replaced(REAL_DOC, ["overrides", "strategy"], "x"))),
@@ -289,3 +254,116 @@ def test_corrupt_state_files(
 ) -> None:
     fault, data = corruption
     fuzz_one(data, reader, fault, reliability)
+
+
+# --- odd files in the state file's place --------------------------------------------------
+
+HUGE_STATE = dumps(
+    encode_state(
+        State(
+            instances={
+                "aws/eu": InstanceState(
+                    records={f"i-{n:08d}": ProxyRecord(f"i-{n:08d}", T0) for n in range(25_000)}
+                )
+            }
+        )
+    )
+)
+HUGE_JUNK = b'{"schema_version": 1, "instances": {"x": "' + b"\xff" * 3_000_000 + b'"}}'
+
+
+def make_odd(box: Sandbox, kind: str) -> bytes | None:
+    """Put an odd entry at the state path; returns the bytes a reader sees there, if any."""
+    path, other = box.state_file, box.root / "other.json"
+    if kind in {"symlink-to-state", "symlink-to-corrupt"}:
+        other.write_bytes(REAL_BYTES if kind == "symlink-to-state" else b"{trunc")
+        path.symlink_to(other)
+        return other.read_bytes()
+    if kind == "symlink-loop":
+        path.symlink_to(path.name)
+    elif kind == "dangling-symlink":
+        path.symlink_to(box.root / "nowhere.json")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind in {"huge-state", "huge-junk"}:
+        path.write_bytes(HUGE_STATE if kind == "huge-state" else HUGE_JUNK)
+        return path.read_bytes()
+    elif kind == "mode-000":
+        # Tests run as root, which reads a mode-000 file anyway: then this is a valid file.
+        # As another user the read fails and every command must say so in one line.
+        path.write_bytes(REAL_BYTES)
+        path.chmod(0)
+        return REAL_BYTES if os.geteuid() == 0 else None
+    return None
+
+
+# kind -> (reader exit code, reconcile outcome)
+ODD_FILES = {
+    "symlink-to-state": (0, "proceeded"),
+    "symlink-to-corrupt": (0, "recovered"),
+    "symlink-loop": (1, "refused"),
+    "dangling-symlink": (0, "proceeded"),
+    "directory": (1, "refused"),
+    "huge-state": (0, "proceeded"),
+    "huge-junk": (0, "recovered"),
+    "mode-000": (0, "proceeded") if os.geteuid() == 0 else (1, "refused"),
+}
+
+
+def check_odd_reconcile(box: Sandbox, seen: bytes | None, before: Any, result: Result) -> str:
+    check_output(result)
+    assert_no_proxies(box)
+    if result.code != 0:
+        assert len(result.error_lines) == 1, result
+        assert entries(box) == before, "a refused run changed the state directory"
+        return "refused"
+    if seen is not None and classify(seen) == "corrupt":
+        assert seen in backed_up_bytes(box), "the corrupt file's bytes were lost"
+        return "recovered"
+    other = box.root / "other.json"
+    if other.exists():  # a symlinked state: its target must not be clobbered
+        assert other.read_bytes() == REAL_BYTES
+    return "proceeded"
+
+
+@settings(FUZZ, max_examples=24)
+@given(kind=st.sampled_from(sorted(ODD_FILES)), reader=st.sampled_from(READERS))
+def test_odd_files_in_place_of_the_state_file(
+    kind: str, reader: tuple[str, ...], reliability: Reliability
+) -> None:
+    want_code, want_outcome = ODD_FILES[kind]
+    with tempfile.TemporaryDirectory() as tmp, sandbox(Path(tmp)) as box:
+        seen = make_odd(box, kind)
+        before = entries(box)
+        result = run_cli(list(reader))
+        outcome = check_reader(box, before, result)
+        assert result.code == want_code, result
+        reliability.record(f"state/{kind}/read", outcome)
+    with tempfile.TemporaryDirectory() as tmp, sandbox(Path(tmp)) as box:
+        seen = make_odd(box, kind)
+        before = entries(box)
+        outcome = check_odd_reconcile(box, seen, before, run_cli(["reconcile"]))
+        assert outcome == want_outcome, (kind, outcome)
+        reliability.record(f"state/{kind}/reconcile", outcome)
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    version=st.integers(SCHEMA_VERSION + 1, 10**20),
+    argv=st.sampled_from(
+        [*map(list, READERS), ["reconcile"], ["rolling", "set", "--enable"], ["rolling", "reset"]]
+    ),
+)
+def test_a_newer_state_file_is_never_replaced(
+    version: int, argv: list[str], reliability: Reliability
+) -> None:
+    """Every command, writers included, refuses in one line and leaves the file in place."""
+    data = dumps({**REAL_DOC, "schema_version": version, "a_future_field": [1, 2]})
+    with tempfile.TemporaryDirectory() as tmp, sandbox(Path(tmp)) as box:
+        box.state_file.write_bytes(data)
+        before = entries(box)
+        result = run_cli(argv)
+        check_output(result)
+        assert result.code == 1 and "newer cloudproxy" in result.error_lines[0], result
+        assert entries(box) == before
+        reliability.record("state/newer-schema", "refused")
