@@ -133,14 +133,16 @@ def odd(directory: Path, kind: str) -> None:
     elif kind == "symlink-to-record":
         (directory.parent / "elsewhere.json").write_bytes(RECORD_BYTES)
         path.symlink_to(directory.parent / "elsewhere.json")
+    elif kind == "fifo":
+        os.mkfifo(path)  # a plain read would block forever
     elif kind == "huge":
         path.write_bytes(b'{"id": "' + b"a" * 3_000_000 + b'"}')
 
 
-@settings(FUZZ, max_examples=10)
+@settings(FUZZ, max_examples=12)
 @given(
     kind=st.sampled_from(
-        ["directory", "symlink-loop", "dangling-symlink", "symlink-to-record", "huge"]
+        ["directory", "symlink-loop", "dangling-symlink", "symlink-to-record", "fifo", "huge"]
     )
 )
 def test_odd_inventory_entries(kind: str, reliability: Reliability) -> None:

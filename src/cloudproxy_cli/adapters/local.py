@@ -9,6 +9,7 @@ import secrets
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -234,7 +235,7 @@ class LocalProvider:
     def _read(self, path: Path) -> _Entry:
         """The entry in ``path``; ``FileNotFoundError`` if gone, ``ProviderError`` if corrupt."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_read_regular_file(path))
             entry = _parse_entry(data)
         except FileNotFoundError:
             raise
@@ -275,6 +276,22 @@ class LocalProvider:
             os.fsync(dir_fd)  # make the rename itself durable
         finally:
             os.close(dir_fd)
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, refusing anything but a regular file.
+
+    A FIFO would block a plain read forever (reconcile would hang every cron run), so the file
+    is opened non-blocking and checked before it is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def _parse_entry(data: Any) -> _Entry:
