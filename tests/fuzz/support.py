@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -125,8 +126,15 @@ def sandbox(root: Path, env: dict[str, str] | None = None) -> Iterator[Sandbox]:
 def run_cli(argv: list[str]) -> Result:
     """``cloudproxy <argv>`` in this process, its output captured."""
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run(argv)
+    # run() configures the "cloudproxy" logger (handler on this stderr, no propagation): put it
+    # back afterwards, or later tests in this worker lose their log records to a closed buffer.
+    logger = logging.getLogger("cloudproxy")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run(argv)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
     return Result(code, out.getvalue(), err.getvalue())
 
 

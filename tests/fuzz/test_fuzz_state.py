@@ -213,35 +213,24 @@ def fuzz_one(data: bytes, reader: tuple[str, ...], fault: str, reliability: Reli
         reliability.record(f"{fault}/reconcile", f"{kind}-{outcome}")
 
 
+def wrong_type(path: list[Any], value: Any) -> tuple[str, bytes]:
+    return "state/wrong-type", dumps(replaced(REAL_DOC, path, value))
+
+
+LOCAL_RECORD = ["instances", "local/default", "records", "local-0000000a"]
+
+
 @settings(FUZZ, max_examples=200)
 @given(corruption=corruptions, reader=st.sampled_from(READERS))
+# Each crashed 'rolling status' or 'reconcile' with an internal error before the strict decoder.
+@example(corruption=wrong_type(["overrides", "strategy"], "x"), reader=("rolling", "status"))
 @example(
-    corruption=("state/wrong-type", dumps(replaced(REAL_DOC, ["overrides", "strategy"], "x"))),
-    reader=("rolling", "status"),
-)
-@example(
-    corruption=(
-        "state/wrong-type",
-        dumps(
-            replaced(
-                REAL_DOC,
-                ["instances", "local/default", "records", "local-0000000a", "consecutive_failures"],
-                float("inf"),
-            )
-        ),
-    ),
+    corruption=wrong_type([*LOCAL_RECORD, "consecutive_failures"], float("inf")),
     reader=("proxies",),
 )
 @example(
-    corruption=(
-        "state/wrong-type",
-        dumps(
-            replaced(
-                REAL_DOC,
-                ["instances", "aws/eu", "operations", 0, "opened_at"],
-                "0001-01-01T00:00:00+05:00",
-            )
-        ),
+    corruption=wrong_type(
+        ["instances", "aws/eu", "operations", 0, "opened_at"], "0001-01-01T00:00:00+05:00"
     ),
     reader=("rolling", "status", "--json"),
 )
