@@ -9,6 +9,7 @@ import secrets
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -234,11 +235,12 @@ class LocalProvider:
     def _read(self, path: Path) -> _Entry:
         """The entry in ``path``; ``FileNotFoundError`` if gone, ``ProviderError`` if corrupt."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_read_regular_file(path))
             entry = _parse_entry(data)
         except FileNotFoundError:
             raise
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        # OverflowError: a created_at near year 1 or 9999 that does not exist in UTC.
+        except (OSError, ValueError, KeyError, TypeError, OverflowError) as err:
             raise ProviderError(
                 f"local/{self._instance}: corrupt inventory file {path}: {err}"
             ) from err
@@ -276,6 +278,22 @@ class LocalProvider:
             os.close(dir_fd)
 
 
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, refusing anything but a regular file.
+
+    A FIFO would block a plain read forever (reconcile would hang every cron run), so the file
+    is opened non-blocking and checked before it is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def _parse_entry(data: Any) -> _Entry:
     if not isinstance(data, dict):
         raise TypeError("not a JSON object")
@@ -284,7 +302,7 @@ def _parse_entry(data: Any) -> _Entry:
         raise ValueError(f"bad id {proxy_id!r}")
     for name, value, low, high in (
         ("port", port, 1, 65535),
-        ("pid", pid, 1, 2**31),
+        ("pid", pid, 1, 2**31 - 1),  # pid_t: a larger one overflows os.pidfd_open
         ("start_time", start_time, 0, 2**63),
     ):
         if type(value) is not int or not low <= value <= high:

@@ -6,8 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from cloudproxy_cli.core.state import RollingOverrides
+if TYPE_CHECKING:
+    # state.py imports Strategy from here; the overrides are only a parameter type.
+    from cloudproxy_cli.core.state import RollingOverrides
 
 
 class Strategy(StrEnum):

@@ -13,11 +13,22 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from cloudproxy_cli.core.errors import StateError
+from cloudproxy_cli.core.policy import Strategy
+
 SCHEMA_VERSION = 1
 
 
 class StateFormatError(ValueError):
     """The document is not a state document this version understands."""
+
+
+class NewerStateError(StateError):
+    """The document was written by a newer cloudproxy (a higher ``schema_version``).
+
+    Not a ``StateFormatError``: a corrupt file may be moved aside and replaced, but a newer
+    version's state must be left exactly where it is, so the run refuses instead.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +148,16 @@ def _parse_ts(value: Any) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise StateFormatError(f"expected a timestamp, got {value!r}")
+        raise StateFormatError(f"expected a timestamp, got {_short(value)}")
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
-        raise StateFormatError(f"timestamp without a timezone: {value!r}")
-    return parsed
+        raise StateFormatError(f"timestamp without a timezone: {_short(value)}")
+    try:
+        # Normalised here: a time near year 1 or 9999 may not exist in UTC, and encoding it
+        # later (astimezone) would then fail in the middle of a run.
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise StateFormatError(f"timestamp out of range: {_short(value)}") from None
 
 
 def _req_ts(value: Any) -> datetime:
@@ -149,6 +165,70 @@ def _req_ts(value: Any) -> datetime:
     if parsed is None:
         raise StateFormatError("missing timestamp")
     return parsed
+
+
+# The checks below are strict on purpose: Python's int(), bool() and tuple() would accept 1.5,
+# "yes", Infinity or a string of characters and turn them into numbers or lists that no run
+# wrote, or crash far from here (int(Infinity) is an OverflowError, not a ValueError).
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _count(value: Any, name: str, minimum: int = 0) -> int:
+    if type(value) is not int or value < minimum:
+        raise StateFormatError(f"{name}: expected an integer >= {minimum}, got {_short(value)}")
+    return value
+
+
+def _opt_count(value: Any, name: str, minimum: int = 0) -> int | None:
+    return None if value is None else _count(value, name, minimum)
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise StateFormatError(f"{name}: expected true or false, got {_short(value)}")
+    return value
+
+
+def _opt_flag(value: Any, name: str) -> bool | None:
+    return None if value is None else _flag(value, name)
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise StateFormatError(f"{name}: expected a string, got {_short(value)}")
+    return value
+
+
+def _opt_text(value: Any, name: str) -> str | None:
+    return None if value is None else _text(value, name)
+
+
+def _texts(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise StateFormatError(f"{name}: expected a list of strings, got {_short(value)}")
+    return tuple(_text(v, name) for v in value)
+
+
+def _table(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise StateFormatError(f"{name}: expected an object, got {_short(value)}")
+    return value
+
+
+def _operation_strategy(value: Any) -> OperationStrategy:
+    if value not in {s.value for s in OperationStrategy}:
+        raise StateFormatError(f"operation strategy: unknown strategy {_short(value)}")
+    return OperationStrategy(value)
+
+
+def _opt_strategy(value: Any) -> str | None:
+    if value is not None and value not in {s.value for s in Strategy}:
+        raise StateFormatError(f"overrides.strategy: unknown strategy {_short(value)}")
+    return _opt_text(value, "overrides.strategy")
 
 
 def encode_snapshot(snap: InstanceSnapshot) -> dict[str, Any]:
@@ -176,25 +256,41 @@ def encode_snapshot(snap: InstanceSnapshot) -> dict[str, Any]:
 
 
 def decode_snapshot(doc: Mapping[str, Any]) -> InstanceSnapshot:
+    doc = _table(doc, "snapshot")
     return InstanceSnapshot(
         last_update=_req_ts(doc["last_update"]),
-        healthy_ips=tuple(doc.get("healthy_ips", ())),
-        pending_ips=tuple(doc.get("pending_ips", ())),
-        pending=int(doc.get("pending", 0)),
-        pending_recycle_ips=tuple(doc.get("pending_recycle_ips", ())),
-        recycling_ips=tuple(doc.get("recycling_ips", ())),
-        unhealthy_ips=tuple(doc.get("unhealthy_ips", ())),
-        aged_ips=tuple(doc.get("aged_ips", ())),
-        deferred=tuple(
-            Deferral(d["proxy_id"], d.get("address"), d["reason"]) for d in doc.get("deferred", ())
+        healthy_ips=_texts(doc.get("healthy_ips", []), "healthy_ips"),
+        pending_ips=_texts(doc.get("pending_ips", []), "pending_ips"),
+        pending=_count(doc.get("pending", 0), "pending"),
+        pending_recycle_ips=_texts(doc.get("pending_recycle_ips", []), "pending_recycle_ips"),
+        recycling_ips=_texts(doc.get("recycling_ips", []), "recycling_ips"),
+        unhealthy_ips=_texts(doc.get("unhealthy_ips", []), "unhealthy_ips"),
+        aged_ips=_texts(doc.get("aged_ips", []), "aged_ips"),
+        deferred=tuple(_decode_deferral(d) for d in _list(doc.get("deferred", []), "deferred")),
+        in_flight=_count(doc.get("in_flight", 0), "in_flight"),
+        effective_min_available=_count(
+            doc.get("effective_min_available", 0), "effective_min_available"
         ),
-        in_flight=int(doc.get("in_flight", 0)),
-        effective_min_available=int(doc.get("effective_min_available", 0)),
-        min_scaling=int(doc.get("min_scaling", 0)),
-        strategy=str(doc.get("strategy", "replace")),
-        last_error=doc.get("last_error"),
+        min_scaling=_count(doc.get("min_scaling", 0), "min_scaling"),
+        strategy=_text(doc.get("strategy", "replace"), "strategy"),
+        last_error=_opt_text(doc.get("last_error"), "last_error"),
         last_error_at=_parse_ts(doc.get("last_error_at")),
-        warnings=tuple(doc.get("warnings", ())),
+        warnings=_texts(doc.get("warnings", []), "warnings"),
+    )
+
+
+def _list(value: Any, name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise StateFormatError(f"{name}: expected a list, got {_short(value)}")
+    return value
+
+
+def _decode_deferral(doc: Any) -> Deferral:
+    doc = _table(doc, "deferred")
+    return Deferral(
+        _text(doc["proxy_id"], "deferred.proxy_id"),
+        _opt_text(doc.get("address"), "deferred.address"),
+        _text(doc["reason"], "deferred.reason"),
     )
 
 
@@ -242,54 +338,76 @@ def encode_state(state: State) -> dict[str, Any]:
 
 
 def decode_state(doc: Any) -> State:
-    """Parse a state document. Raises ``StateFormatError`` for anything malformed."""
+    """Parse a state document. Raises ``StateFormatError`` for anything malformed, and
+    ``NewerStateError`` for a document a newer cloudproxy wrote (it must not be replaced)."""
     try:
         if not isinstance(doc, dict):
             raise StateFormatError("the state document is not a JSON object")
         version = doc.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise StateFormatError(f"unsupported schema_version {version!r}")
-        o = doc.get("overrides") or {}
+        if type(version) is int and version > SCHEMA_VERSION:
+            raise NewerStateError(
+                f"the state file was written by a newer cloudproxy (schema_version {version};"
+                f" this version reads {SCHEMA_VERSION}): upgrade cloudproxy, or move the file"
+                " away to start with an empty state"
+            )
+        if version != SCHEMA_VERSION or type(version) is not int:
+            raise StateFormatError(f"unsupported schema_version {_short(version)}")
+        o = _table(doc.get("overrides") or {}, "overrides")
         overrides = RollingOverrides(
-            enabled=o.get("enabled"),
-            min_available=o.get("min_available"),
-            batch_size=o.get("batch_size"),
-            strategy=o.get("strategy"),
+            enabled=_opt_flag(o.get("enabled"), "overrides.enabled"),
+            min_available=_opt_count(o.get("min_available"), "overrides.min_available"),
+            batch_size=_opt_count(o.get("batch_size"), "overrides.batch_size", minimum=1),
+            strategy=_opt_strategy(o.get("strategy")),
         )
-        instances: dict[str, InstanceState] = {}
-        for key, inst in (doc.get("instances") or {}).items():
-            records = {
-                pid: ProxyRecord(
-                    proxy_id=pid,
-                    first_seen_at=_req_ts(r["first_seen_at"]),
-                    established=bool(r.get("established", False)),
-                    consecutive_failures=int(r.get("consecutive_failures", 0)),
-                    last_healthy_at=_parse_ts(r.get("last_healthy_at")),
-                )
-                for pid, r in (inst.get("records") or {}).items()
-            }
-            operations = tuple(
-                RecycleOperation(
-                    op_id=str(op["op_id"]),
-                    opened_at=_req_ts(op["opened_at"]),
-                    strategy=OperationStrategy(op["strategy"]),
-                    old_id=op.get("old_id"),
-                    old_address=op.get("old_address"),
-                    old_created_at=_parse_ts(op.get("old_created_at")),
-                    old_deleted=bool(op.get("old_deleted", False)),
-                    replacement_id=op.get("replacement_id"),
-                )
-                for op in (inst.get("operations") or ())
-            )
-            snap = inst.get("snapshot")
-            instances[str(key)] = InstanceState(
-                records=records,
-                operations=operations,
-                snapshot=None if snap is None else decode_snapshot(snap),
-                firewall_id=inst.get("firewall_id"),
-            )
+        instances = {
+            key: _decode_instance(inst)
+            for key, inst in _table(doc.get("instances") or {}, "instances").items()
+        }
         return State(instances=instances, overrides=overrides)
-    except StateFormatError:
+    except (StateFormatError, NewerStateError):
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateFormatError(f"malformed state document: {exc}") from exc
+
+
+def _decode_instance(inst: Any) -> InstanceState:
+    inst = _table(inst, "instance")
+    records = {
+        pid: _decode_record(pid, r)
+        for pid, r in _table(inst.get("records") or {}, "records").items()
+    }
+    operations = tuple(
+        _decode_operation(op) for op in _list(inst.get("operations") or [], "operations")
+    )
+    snap = inst.get("snapshot")
+    return InstanceState(
+        records=records,
+        operations=operations,
+        snapshot=None if snap is None else decode_snapshot(snap),
+        firewall_id=_opt_text(inst.get("firewall_id"), "firewall_id"),
+    )
+
+
+def _decode_record(pid: str, r: Any) -> ProxyRecord:
+    r = _table(r, "record")
+    return ProxyRecord(
+        proxy_id=pid,
+        first_seen_at=_req_ts(r["first_seen_at"]),
+        established=_flag(r.get("established", False), "established"),
+        consecutive_failures=_count(r.get("consecutive_failures", 0), "consecutive_failures"),
+        last_healthy_at=_parse_ts(r.get("last_healthy_at")),
+    )
+
+
+def _decode_operation(op: Any) -> RecycleOperation:
+    op = _table(op, "operation")
+    return RecycleOperation(
+        op_id=_text(op["op_id"], "op_id"),
+        opened_at=_req_ts(op["opened_at"]),
+        strategy=_operation_strategy(op["strategy"]),
+        old_id=_opt_text(op.get("old_id"), "old_id"),
+        old_address=_opt_text(op.get("old_address"), "old_address"),
+        old_created_at=_parse_ts(op.get("old_created_at")),
+        old_deleted=_flag(op.get("old_deleted", False), "old_deleted"),
+        replacement_id=_opt_text(op.get("replacement_id"), "replacement_id"),
+    )

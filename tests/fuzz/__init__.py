@@ -1,0 +1,1 @@
+"""Property-based fuzzing of configuration, command line, state files and local inventory."""
