@@ -353,6 +353,25 @@ def test_unreadable_file_raises_state_error(path: Path) -> None:
         StateFile(path).load()
 
 
+def test_a_fifo_in_place_of_the_file_is_refused_without_blocking(path: Path) -> None:
+    # Opening a FIFO for reading blocks until a writer appears: every cron run would hang.
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    with pytest.raises(StateError, match="not a regular file"):
+        StateFile(path).load()
+
+
+def test_saving_through_a_symlink_replaces_its_target_and_keeps_the_link(path: Path) -> None:
+    real = path.parent / "elsewhere" / "real-state.json"
+    real.parent.mkdir(parents=True)
+    StateFile(real).save(State())
+    path.symlink_to(real)
+    state = State(overrides=RollingOverrides(batch_size=4))
+    StateFile(path).save(state)
+    assert path.is_symlink() and path.resolve() == real
+    assert StateFile(real).load().state == state
+
+
 # --- update -------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import fcntl
 import glob
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -179,7 +180,7 @@ class StateFile:
 
     def _read(self) -> _Read:
         try:
-            raw = self._path.read_bytes()
+            raw = _read_regular_file(self._path)
         except FileNotFoundError:
             return _Read(State())
         except OSError as exc:
@@ -220,7 +221,10 @@ class StateFile:
     def save(self, state: State) -> None:
         """Write ``state`` atomically (temp file, fsync, rename, fsync dir); mode 0600."""
         document = encode_state(state)
-        directory = self._path.parent
+        # Through a symlink, replace its target, not the link (which would silently stop
+        # pointing where the user put it).
+        target = Path(os.path.realpath(self._path))
+        directory = target.parent
         tmp: str | None = None
         try:
             self._ensure_dir()
@@ -236,7 +240,7 @@ class StateFile:
                 out.write("\n")
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, self._path)
+            os.replace(tmp, target)
             tmp = None
             _fsync_dir(directory)
         except OSError as exc:
@@ -286,6 +290,21 @@ class StateFile:
             if pid_text.isdigit() and not _pid_alive(int(pid_text)):
                 with suppress(OSError):
                     os.unlink(name)
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file (following symlinks).
+
+    Opened non-blocking and checked before reading: a FIFO (or a device) in the state file's
+    place would otherwise block every cron run forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:
