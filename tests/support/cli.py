@@ -72,7 +72,8 @@ class Cli:
             text=True,
         )
 
-    def run(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    # No timeout parameter: every other keyword is an environment variable (typed **env: str).
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*COMMAND, *args],
             cwd=self.root / "work",
@@ -80,7 +81,7 @@ class Cli:
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=60,
             check=False,
         )
 
