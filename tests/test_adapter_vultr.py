@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from pydantic import SecretStr
 
 from cloudproxy_cli.adapters.user_data import render_user_data
 from cloudproxy_cli.app import factories
@@ -318,6 +319,7 @@ def test_firewall_is_created_once_with_only_the_proxy_port(api: VultrStandIn) ->
     assert api.provider().ensure_firewall(None) == firewall  # found by name: one call
     assert api.requests() == ["firewall"]
     assert len(api.firewall_groups()) == 1
+    assert firewall is not None
     assert len(api.firewall_rules(firewall)) == 1
 
 
@@ -432,7 +434,7 @@ def test_an_unreachable_api_is_a_short_error(api: VultrStandIn) -> None:
     provider = factories.vultr(
         instance="default",
         settings=VultrSettings(
-            enabled=True, api_token=TOKENS[0], api_endpoint=f"http://127.0.0.1:{port}/v2"
+            enabled=True, api_token=SecretStr(TOKENS[0]), api_endpoint=f"http://127.0.0.1:{port}/v2"
         ),
         proxy=api.proxy_settings(),
         session=loopback_session(),
@@ -483,7 +485,11 @@ def test_endpoint_setting_then_env_then_the_real_api(
 
 def test_settings_reach_the_create_call(api: VultrStandIn) -> None:
     settings = VultrSettings(
-        api_token=TOKENS[0], api_endpoint=api.endpoint, region="fra", plan="vc2-2c-4gb", os_id=1743
+        api_token=SecretStr(TOKENS[0]),
+        api_endpoint=api.endpoint,
+        region="fra",
+        plan="vc2-2c-4gb",
+        os_id=1743,
     )
     provider = factories.vultr(
         instance="default",

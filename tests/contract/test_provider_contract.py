@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -119,7 +119,7 @@ def test_secrets_never_appear_in_errors_or_logs(
 
 
 class AllHealthy:
-    def probe(self, targets: list[ProbeTarget]) -> dict[str, ProbeResult]:
+    def probe(self, targets: Sequence[ProbeTarget]) -> dict[str, ProbeResult]:
         return {t.proxy_id: ProbeResult(True) for t in targets}
 
 

@@ -20,6 +20,7 @@ from cloudproxy_cli.core.state import (
     InstanceSnapshot,
     InstanceState,
     NewerStateError,
+    OperationStrategy,
     ProxyRecord,
     RecycleOperation,
     RollingOverrides,
@@ -76,8 +77,10 @@ def real_state() -> State:
     }
     # Open operations live under an instance that is not enabled, so no run acts on them.
     ops = (
-        RecycleOperation("op-1", T0, "replace", "i-1", "198.51.100.1", T0, True, "i-2"),
-        RecycleOperation("op-2", T0, "adopted", replacement_id="i-3"),
+        RecycleOperation(
+            "op-1", T0, OperationStrategy.REPLACE, "i-1", "198.51.100.1", T0, True, "i-2"
+        ),
+        RecycleOperation("op-2", T0, OperationStrategy.ADOPTED, replacement_id="i-3"),
     )
     return State(
         instances={
