@@ -273,8 +273,10 @@ def proxy_rows(
                 return label
         return "unknown"  # created since the last reconcile, or not yet probed
 
+    failures = {f.address: f for f in snap.probe_failures} if snap else {}
     rows = []
     for p in sorted(proxies, key=lambda p: (p.created_at, p.id)):
+        failure = failures.get(p.address) if p.address else None
         url = None
         if p.ip is not None:
             creds = ""
@@ -288,6 +290,9 @@ def proxy_rows(
                 "address": p.address,
                 "url": url,
                 "state": state_of(p),
+                # Why its last probe failed (None: it passed, or was not probed).
+                "reason": failure.detail if failure else None,
+                "reason_kind": failure.kind if failure else None,
                 "created_at": iso(p.created_at),
                 "age_s": int((now - p.created_at).total_seconds()),
             }
@@ -297,11 +302,11 @@ def proxy_rows(
 
 def print_proxies(out: Console, rows: list[dict[str, Any]]) -> None:
     table = Table(show_edge=False)
-    for column in ("instance", "url", "state", "age", "id"):
+    for column in ("instance", "url", "state", "age", "id", "reason"):
         table.add_column(column)
     for r in rows:
         table.add_row(r["instance"], r["url"] or "(no address yet)", r["state"],
-                      _age(r["age_s"]), r["id"])  # fmt: skip
+                      _age(r["age_s"]), r["id"], r["reason"] or "")  # fmt: skip
     out.print(table)
     if not rows:
         out.print("no proxies")
