@@ -33,6 +33,9 @@ _SETTING_PREFIXES = (
     "ONLY_HOST_IP",
     "ALLOW_OPEN_PROXY",
     "NO_COLOR",
+    # The console honours COLUMNS: the terminal running the tests must not change the output.
+    "COLUMNS",
+    "LINES",
 )
 
 
