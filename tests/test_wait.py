@@ -1,0 +1,130 @@
+"""`rolling status --wait`: done at once, timed out on a blocked rollout, or done while waiting.
+
+The waiting command only reads the state file; the test thread drives the real reconcile runs
+on the local provider (real proxy processes), as cron would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cli import Cli, one_line_error
+from tests.support.local_proxies import stop_local_proxies
+
+pytestmark = pytest.mark.e2e
+
+KEY = "local/default"
+ENV = {
+    "LOCAL_ENABLED": "True",
+    "LOCAL_MIN_SCALING": "2",
+    "LOCAL_BOOT_DELAY": "0.2",
+    "ROLLING_DEPLOYMENT": "True",
+    "ROLLING_BATCH_SIZE": "1",
+    "ROLLING_MIN_AVAILABLE": "1",
+    "AGE_LIMIT": "1800",
+    "PROXY_USERNAME": "waiter",
+    "PROXY_PASSWORD": "w4it-secret",
+}
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    sandbox = Cli.make(tmp_path, **ENV)
+    try:
+        yield sandbox
+    finally:
+        for inventory in sorted(sandbox.local_dir.glob("*")):
+            stop_local_proxies(inventory)
+
+
+def status(cli: Cli, **env: str) -> dict[str, Any]:
+    doc: dict[str, Any] = cli.json("rolling", "status", "--json", **env)["status"][KEY]
+    return doc
+
+
+def reconcile_until(cli: Cli, done: Any, **env: str) -> dict[str, Any]:
+    """Run reconcile (as cron would) until ``done(status)``; each run probes for real."""
+    deadline = time.monotonic() + 60
+    while True:
+        run = cli.run("reconcile", **env)
+        assert run.returncode in (0, 6), run.stderr
+        s = status(cli, **env)
+        if done(s):
+            return s
+        assert time.monotonic() < deadline, s
+
+
+def backdate(cli: Cli, hours: float) -> None:
+    """The local provider's own record of when each proxy was created, as a cloud's would be:
+    set back, so that the fleet is older than AGE_LIMIT without the test waiting for it."""
+    for path in sorted(cli.local_dir.glob("*/*.json")):
+        entry = json.loads(path.read_text())
+        entry["created_at"] = (datetime.now(UTC) - timedelta(hours=hours)).isoformat()
+        path.write_text(json.dumps(entry))
+
+
+def healthy_fleet(cli: Cli) -> None:
+    reconcile_until(cli, lambda s: s["healthy"] == 2)
+
+
+def test_a_finished_rollout_returns_at_once(cli: Cli) -> None:
+    never = cli.run("rolling", "status", "--wait", "--timeout", "30")
+    assert never.returncode == 0, never.stderr
+    healthy_fleet(cli)
+    done = cli.run("rolling", "status", "--wait", "--timeout", "30", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"][KEY]["phase"] == "idle"
+    assert "idle" in done.stderr  # the progress lines: stderr, with --json on stdout
+
+
+def test_a_rollout_blocked_by_min_available_times_out_with_the_reason(cli: Cli) -> None:
+    healthy_fleet(cli)
+    backdate(cli, hours=1)
+    # A third proxy that takes long to boot: recycling either old one would leave one healthy,
+    # below the effective minimum of 2.
+    blocked = {"LOCAL_MIN_SCALING": "3", "LOCAL_BOOT_DELAY": "600", "ROLLING_MIN_AVAILABLE": "2"}
+    run = cli.run("reconcile", **blocked)
+    assert run.returncode == 0, run.stderr
+    assert status(cli, **blocked)["phase"] == "blocked: min available"
+    waited = cli.run(
+        "rolling", "status", "--wait", "--timeout", "0.5", "--interval", "0.05", **blocked
+    )
+    assert waited.returncode == 1
+    error = one_line_error(waited)
+    assert "timed out after 0.5 s waiting for the rollout" in error
+    assert f"{KEY} blocked: min available" in error
+    assert error.count("would reduce available proxies below minimum (1 < 2)") == 2  # why
+    assert "blocked: min available" in waited.stdout  # the plain progress line
+
+
+def test_a_rollout_finishing_while_waiting_exits_0(cli: Cli) -> None:
+    healthy_fleet(cli)
+    backdate(cli, hours=1)
+    started = cli.run("reconcile")
+    assert started.returncode == 0, started.stderr
+    assert status(cli)["phase_text"] == "rolling 0 of 2"
+
+    waiter = cli.popen("rolling", "status", "--wait", "--timeout", "120", "--interval", "0.05")
+    try:
+        assert waiter.stdout is not None
+        # The waiter has read the state and is waiting: only then do the runs go on.
+        first = waiter.stdout.readline()
+        assert first.startswith(f"{KEY}: rolling 0 of 2;"), first
+        final = reconcile_until(cli, lambda s: s["phase"] == "idle")
+        assert final["healthy"] == 2 and final["operations"] == []
+        out, err = waiter.communicate(timeout=60)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+    assert waiter.returncode == 0, err
+    lines = [first, *out.splitlines()]
+    assert any(f"{KEY}: idle;" in line for line in lines), lines
+    assert "Rolling deployment:" in out  # and the final status
