@@ -16,7 +16,7 @@ from cloudproxy_cli.core.state import InstanceState
 from tests.support.cli import Cli
 from tests.support.fakes import T0
 from tests.support.harness import policy
-from tests.support.local_proxies import stop_local_proxies
+from tests.support.local_proxies import local_sandbox
 
 PASSWORD = "first-Pa55word"
 ENV = {
@@ -32,12 +32,8 @@ WARNING = "credentials rejected by every proxy: did PROXY_PASSWORD change?"
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Iterator[Cli]:
-    sandbox = Cli.make(tmp_path, **ENV)
-    try:
+    with local_sandbox(tmp_path, **ENV) as sandbox:
         yield sandbox
-    finally:
-        for inventory in sorted(sandbox.local_dir.glob("*")):
-            stop_local_proxies(inventory)
 
 
 def status(cli: Cli, **env: str) -> dict[str, Any]:

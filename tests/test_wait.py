@@ -7,6 +7,9 @@ on the local provider (real proxy processes), as cron would.
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.cli import Cli, one_line_error
-from tests.support.local_proxies import stop_local_proxies
+from tests.support.cli import COMMAND, Cli, one_line_error
+from tests.support.local_proxies import local_sandbox
+from tests.test_status import write_state
 
 pytestmark = pytest.mark.e2e
 
@@ -36,12 +40,8 @@ ENV = {
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Iterator[Cli]:
-    sandbox = Cli.make(tmp_path, **ENV)
-    try:
+    with local_sandbox(tmp_path, **ENV) as sandbox:
         yield sandbox
-    finally:
-        for inventory in sorted(sandbox.local_dir.glob("*")):
-            stop_local_proxies(inventory)
 
 
 def status(cli: Cli, **env: str) -> dict[str, Any]:
@@ -128,3 +128,30 @@ def test_a_rollout_finishing_while_waiting_exits_0(cli: Cli) -> None:
     lines = [first, *out.splitlines()]
     assert any(f"{KEY}: idle;" in line for line in lines), lines
     assert "Rolling deployment:" in out  # and the final status
+
+
+def test_on_a_terminal_the_wait_is_a_live_view(cli: Cli) -> None:
+    write_state(cli)  # a recycle under way that no cron run will finish
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [*COMMAND, "rolling", "status", "--wait", "--timeout", "0.5", "--interval", "0.05"],
+        cwd=cli.root / "work", env=cli.env, stdin=subprocess.DEVNULL, stdout=secondary,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(primary)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+    assert "rolling 0 of 2" in err
+    text = screen.decode(errors="replace")
+    assert "rolling 0 of 2" in text and "local/default" in text
+    assert "\x1b[" in text  # drawn and redrawn in place, not printed line by line

@@ -7,9 +7,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import nullcontext
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -65,7 +64,7 @@ class _FileWatch:
         return changed
 
 
-class _Lines(AbstractContextManager["_Lines"]):
+class _Lines:
     """Off a terminal: one line per instance each time its phase or counts change."""
 
     def __init__(self, out: Console) -> None:
@@ -81,37 +80,6 @@ class _Lines(AbstractContextManager["_Lines"]):
             if self._last.get(key) != seen:
                 self._last[key] = seen
                 self._out.print(render.status_line(key, s, batch))
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-
-class _LiveView(AbstractContextManager["_LiveView"]):
-    """On a terminal: the status, redrawn in place (and cleared at the end)."""
-
-    def __init__(self, out: Console) -> None:
-        self._out = out
-        self._live = Live(console=out, transient=True, auto_refresh=False)
-
-    def __enter__(self) -> _LiveView:
-        self._live.__enter__()
-        return self
-
-    def show(self, doc: Document) -> None:
-        self._live.update(render.status_renderable(self._out, doc), refresh=True)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._live.__exit__(exc_type, exc, tb)
 
 
 def wait_for_rollout(
@@ -134,9 +102,18 @@ def wait_for_rollout(
     out = render.console()
     if as_json:  # stdout is for the document
         out = Console(file=sys.stderr, highlight=False, markup=False, soft_wrap=True)
-    view = _LiveView(out) if out.is_terminal else _Lines(out)
-    with view:
-        view.show(doc)
+    # On a terminal the status is redrawn in place (and cleared at the end).
+    live = Live(console=out, transient=True, auto_refresh=False) if out.is_terminal else None
+    lines = _Lines(out)
+
+    def show(doc: Document) -> None:
+        if live is None:
+            lines.show(doc)
+        else:
+            live.update(render.status_renderable(out, doc), refresh=True)
+
+    with live or nullcontext():
+        show(doc)
         state: State | None = None
         while not rollout_done(doc):
             left = None if deadline is None else deadline - time.monotonic()
@@ -150,5 +127,5 @@ def wait_for_rollout(
                 warn(loaded.warning)
                 state = loaded.state
             doc = document(state)
-            view.show(doc)
+            show(doc)
     return doc
