@@ -65,9 +65,7 @@ def write_state(cli: Cli, *, last_run_ago_s: int = 30, next_age_in_s: int | None
 
 
 def entry(cli: Cli, **env: str) -> dict[str, Any]:
-    doc: dict[str, Any] = cli.json("rolling", "status", "--json", **env)
-    status: dict[str, Any] = doc["status"][KEY]
-    return status
+    return cli.status_of(KEY, **env)
 
 
 def test_json_keeps_the_spec_keys_and_adds_the_explanations(cli: Cli) -> None:
@@ -196,3 +194,19 @@ def test_reconcile_records_replacements_by_address() -> None:
     assert op.replacement_id is not None
     address = h.provider.list_proxies()[-1].address
     assert address is not None and h.snapshot().replacements == {op.op_id: address}
+
+
+def test_stale_after_and_the_progress_deadline_come_from_env_or_toml(cli: Cli) -> None:
+    write_state(cli, last_run_ago_s=400)
+    config = cli.root / "cloudproxy.toml"
+    config.write_text("stale_after = 500\nrolling_progress_deadline = 900\n")
+    doc = cli.json("--config", str(config), "rolling", "status", "--json")
+    assert (doc["config"]["stale_after_s"], doc["config"]["progress_deadline_s"]) == (500, 900)
+    assert doc["status"][KEY]["stale"] is False
+    doc = cli.json("--config", str(config), "rolling", "status", "--json", STALE_AFTER="60",
+                   ROLLING_PROGRESS_DEADLINE="120")  # fmt: skip
+    assert (doc["config"]["stale_after_s"], doc["config"]["progress_deadline_s"]) == (60, 120)
+    # The rollout started 400 s ago without a completed recycle: past 120 s, stalled.
+    assert doc["status"][KEY]["stale"] is True and doc["status"][KEY]["phase"] == "stalled"
+    bad = cli.run("rolling", "status", STALE_AFTER="0")
+    assert bad.returncode == 4 and "STALE_AFTER" in bad.stderr

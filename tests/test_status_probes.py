@@ -37,8 +37,7 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
 
 
 def status(cli: Cli, **env: str) -> dict[str, Any]:
-    doc: dict[str, Any] = cli.json("rolling", "status", "--json", **env)["status"][KEY]
-    return doc
+    return cli.status_of(KEY, **env)
 
 
 def healthy_fleet(cli: Cli) -> None:

@@ -152,6 +152,11 @@ class Cli:
         assert result.returncode == 0, (result.returncode, result.stderr)
         return json.loads(result.stdout)
 
+    def status_of(self, key: str, **env: str) -> dict[str, Any]:
+        """One instance's entry of `rolling status --json`."""
+        entry: dict[str, Any] = self.json("rolling", "status", "--json", **env)["status"][key]
+        return entry
+
 
 def one_line_error(result: Outcome) -> str:
     """Asserts the failure was reported as exactly one line on stderr, no traceback."""
