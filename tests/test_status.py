@@ -210,3 +210,19 @@ def test_stale_after_and_the_progress_deadline_come_from_env_or_toml(cli: Cli) -
     assert doc["status"][KEY]["stale"] is True and doc["status"][KEY]["phase"] == "stalled"
     bad = cli.run("rolling", "status", STALE_AFTER="0")
     assert bad.returncode == 4 and "STALE_AFTER" in bad.stderr
+
+
+def test_the_new_state_fields_round_trip_through_the_state_file(cli: Cli) -> None:
+    write_state(cli)
+    store = StateFile(cli.state_file)
+    loaded = store.load().state
+    store.save(loaded)
+    again = store.load().state
+    assert again == loaded
+    inst = again.instance(KEY)
+    assert inst.rollout is not None and inst.snapshot is not None
+    assert inst.snapshot.replacements == {"op-0": IPS[4]}
+    assert inst.snapshot.probe_failures == (
+        ProbeFailure(IPS[3], "timeout", "timed out after 2.0s"),
+    )
+    assert inst.snapshot.rollout == inst.rollout and inst.snapshot.next_age_at is not None
