@@ -73,6 +73,12 @@ def healthy_fleet(cli: Cli) -> None:
     reconcile_until(cli, lambda s: s["healthy"] == 2)
 
 
+def test_timeout_without_wait_is_a_usage_error(cli: Cli) -> None:
+    result = cli.run("rolling", "status", "--timeout", "5")
+    assert result.returncode == 2
+    assert "--timeout needs --wait" in one_line_error(result)
+
+
 def test_a_finished_rollout_returns_at_once(cli: Cli) -> None:
     never = cli.run("rolling", "status", "--wait", "--timeout", "30")
     assert never.returncode == 0, never.stderr

@@ -59,6 +59,8 @@ def rolling_status(
     """
     from cloudproxy_cli.app.status import StatusView, status_document
 
+    if not wait and timeout is not None:
+        raise UsageError("--timeout needs --wait")
     opts = options(ctx)
     loaded = opts.load_config()
     store = opts.store()
