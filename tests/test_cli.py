@@ -214,7 +214,8 @@ def test_reconcile_json_then_proxies_with_encoded_credentials(cli: Cli) -> None:
     assert [a["action"] for a in inst["actions"]] == ["create"]
     assert inst["actions"][0]["status"] == "done"
     assert inst["counts"] == {
-        "healthy": 0, "pending": 1, "pending_recycle": 0, "recycling": 0, "in_flight": 0,
+        "healthy": 0, "unhealthy": 0, "pending": 1, "pending_recycle": 0, "recycling": 0,
+        "in_flight": 0,
     }  # fmt: skip
     listing = cli.json("proxies", "--json", **env)
     (row,) = listing["proxies"]

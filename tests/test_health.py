@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import socketserver
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cloudproxy_cli.adapters.health import HttpProber
-from cloudproxy_cli.core.model import ProbeTarget
+from cloudproxy_cli.core.model import ProbeKind, ProbeTarget
 from tests.support.local_proxies import proxy_py_server
 
 USER = "probe-user"
@@ -407,6 +408,7 @@ def test_https_with_wrong_credentials_fails_at_connect(
         ) as prober,
     ):
         assert probe_one(prober, proxy_port)[:2] == (False, "407 proxy authentication required")
+        assert kind_of(prober, proxy_port)[0] == ProbeKind.AUTH
     assert seen == []
 
 
@@ -448,3 +450,54 @@ def test_bad_urls_are_rejected(url: str) -> None:
 def test_half_credentials_are_rejected() -> None:
     with pytest.raises(ValueError, match="together"):
         HttpProber(username="u", password=None, timeout_s=1.0)
+
+
+# -- failure kinds and logging -------------------------------------------------------------------
+
+
+def kind_of(prober: HttpProber, port: int) -> tuple[ProbeKind, str]:
+    result = prober.probe([ProbeTarget("p1", HOST, port)])["p1"]
+    return result.reason_kind, result.detail
+
+
+def test_each_failure_has_its_kind(prober: HttpProber, proxy_port: int) -> None:
+    assert kind_of(prober, proxy_port) == (ProbeKind.OK, "ok")
+    with HttpProber(username=USER, password="wrong", timeout_s=2.0) as wrong:
+        assert kind_of(wrong, proxy_port) == (ProbeKind.AUTH, "407 proxy authentication required")
+    assert kind_of(prober, closed_port()) == (ProbeKind.REFUSED, "connection refused")
+    replies = {
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n": (
+            ProbeKind.AUTH, "401 unauthorized"),
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n": (
+            ProbeKind.BAD_STATUS, "502 bad gateway"),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno": (
+            ProbeKind.BAD_STATUS, "200 but not from the probe origin (wrong body)"),
+        b"": (ProbeKind.ERROR, "connection closed without a response"),
+    }  # fmt: skip
+    for reply, expected in replies.items():
+        with FakeProxy(reply) as fake:
+            assert kind_of(prober, fake.port) == expected
+
+
+def test_a_timeout_is_its_own_kind() -> None:
+    with (
+        HttpProber(username=USER, password=PASSWORD, timeout_s=0.3) as prober,
+        black_holes(1) as [port],
+    ):
+        assert kind_of(prober, port) == (ProbeKind.TIMEOUT, "timed out after 0.3s")
+
+
+def test_failures_are_logged_under_the_cloudproxy_logger(
+    proxy_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.DEBUG, logger="cloudproxy"),
+        HttpProber(username=USER, password="wrong-pw", timeout_s=2.0) as prober,
+    ):
+        prober.probe([ProbeTarget("p7", HOST, proxy_port)])
+    (record,) = [r for r in caplog.records if "p7" in r.getMessage()]
+    assert record.name == "cloudproxy.health"
+    assert record.getMessage() == (
+        f"proxy p7 at {HOST}:{proxy_port} unhealthy (auth): 407 proxy authentication required"
+    )
+    assert "wrong-pw" not in caplog.text

@@ -247,6 +247,11 @@ PROVIDER_SETTINGS: dict[str, type[InstanceSettings]] = {
 # --- global settings ---------------------------------------------------------------------
 
 
+WholeSeconds = Annotated[
+    int, BeforeValidator(_reject_bool), Field(gt=0), _Expect("a positive whole number of seconds")
+]
+
+
 class Settings(BaseModel):
     """Every setting of one run. Build it with ``load_config``; ``Settings()`` is all defaults."""
 
@@ -267,12 +272,9 @@ class Settings(BaseModel):
     proxy_port: Port = 8899
     health_check_url: OptionalHttpUrl = None  # None: the prober serves its own origin locally
     health_check_timeout: PositiveSeconds = 5.0
-    pending_timeout: Annotated[
-        int,
-        BeforeValidator(_reject_bool),
-        Field(gt=0),
-        _Expect("a positive whole number of seconds"),
-    ] = 600
+    pending_timeout: WholeSeconds = 600
+    stale_after: WholeSeconds = 300  # rolling status warns when the last run is older
+    rolling_progress_deadline: WholeSeconds = 1800  # no recycle completed for this long: stalled
     only_host_ip: Flag = False
     host_ip: OptionalIp = None  # this host's public IP: required with ONLY_HOST_IP
     allow_open_proxy: Flag = False

@@ -29,9 +29,13 @@ _SETTING_PREFIXES = (
     "HEALTH_CHECK_",
     "AGE_LIMIT",
     "PENDING_TIMEOUT",
+    "STALE_AFTER",
     "ONLY_HOST_IP",
     "ALLOW_OPEN_PROXY",
     "NO_COLOR",
+    # The console honours COLUMNS: the terminal running the tests must not change the output.
+    "COLUMNS",
+    "LINES",
 )
 
 
@@ -147,6 +151,11 @@ class Cli:
         result = self.run(*args, **env)
         assert result.returncode == 0, (result.returncode, result.stderr)
         return json.loads(result.stdout)
+
+    def status_of(self, key: str, **env: str) -> dict[str, Any]:
+        """One instance's entry of `rolling status --json`."""
+        entry: dict[str, Any] = self.json("rolling", "status", "--json", **env)["status"][key]
+        return entry
 
 
 def one_line_error(result: Outcome) -> str:

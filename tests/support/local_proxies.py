@@ -14,6 +14,7 @@ from pathlib import Path
 from cloudproxy_cli.adapters.local import LocalProvider
 from cloudproxy_cli.adapters.local_proxy import MODULE
 from cloudproxy_cli.core.errors import ProviderError
+from tests.support.cli import Cli
 
 # Generous: the processes normally go in milliseconds, but CI machines can be slow.
 STOP_DEADLINE_S = 10.0
@@ -62,6 +63,17 @@ def stop_local_proxies(directory: Path) -> None:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"proxy processes outlived the test: {left} (errors: {errors})"
+
+
+@contextmanager
+def local_sandbox(root: Path, **env: str) -> Iterator[Cli]:
+    """A CLI sandbox whose local proxies are all stopped on exit."""
+    sandbox = Cli.make(root, **env)
+    try:
+        yield sandbox
+    finally:
+        for inventory in sorted(sandbox.local_dir.glob("*")):
+            stop_local_proxies(inventory)
 
 
 @contextmanager

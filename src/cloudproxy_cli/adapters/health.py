@@ -20,12 +20,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
-from cloudproxy_cli.core.model import ProbeResult, ProbeTarget
+from cloudproxy_cli.core.model import ProbeKind, ProbeResult, ProbeTarget
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-logger = logging.getLogger(__name__)
+# Under the CLI's "cloudproxy" logger, so that -v shows why each proxy failed.
+logger = logging.getLogger("cloudproxy.health")
 
 # Enough to find the origin's token; a proxy answering with a huge page is not our origin anyway.
 _MAX_BODY = 64 * 1024
@@ -124,38 +125,40 @@ class HttpProber:
     def _probe_one(self, target: ProbeTarget, request: _Request) -> ProbeResult:
         start = time.monotonic()
         try:
-            ok, detail = self._exchange(target, request, start + self._timeout_s)
-        except TimeoutError:
-            ok, detail = False, f"timed out after {self._timeout_s}s"
-        except ConnectionRefusedError:
-            ok, detail = False, "connection refused"
-        except http.client.RemoteDisconnected:
-            ok, detail = False, "connection closed without a response"
-        except ConnectionResetError:
-            ok, detail = False, "connection reset"
-        except (ConnectionAbortedError, BrokenPipeError):
-            ok, detail = False, "connection closed"
-        except http.client.HTTPException as err:
-            ok, detail = False, f"not an HTTP response ({type(err).__name__})"
-        except ssl.SSLCertVerificationError as err:
-            ok, detail = False, f"TLS certificate rejected: {err.verify_message}"
-        except ssl.SSLError as err:
-            ok, detail = False, f"TLS error: {err.reason or type(err).__name__}"
-        except OSError as err:
-            ok, detail = False, (err.strerror or str(err) or type(err).__name__).lower()
-        except Exception as err:  # one odd failure must not lose the other results
-            logger.exception("probe of %s failed unexpectedly", target.proxy_id)
-            ok, detail = False, f"probe error: {type(err).__name__}"
+            kind, detail = self._exchange(target, request, start + self._timeout_s)
+        except Exception as err:  # noqa: BLE001 - one odd failure must not lose the others
+            kind, detail = self._failure(target, err)
         elapsed = time.monotonic() - start
-        if not ok:
+        if kind != ProbeKind.OK:
             logger.debug(
-                "proxy %s at %s:%d unhealthy: %s", target.proxy_id, target.host, target.port, detail
-            )
-        return ProbeResult(ok=ok, detail=detail, elapsed_s=elapsed)
+                "proxy %s at %s:%d unhealthy (%s): %s",
+                target.proxy_id, target.host, target.port, kind, detail,
+            )  # fmt: skip
+        return ProbeResult(ok=kind == ProbeKind.OK, detail=detail, elapsed_s=elapsed, kind=kind)
+
+    def _failure(self, target: ProbeTarget, err: Exception) -> tuple[ProbeKind, str]:
+        """The kind and words of a probe that raised ``err``."""
+        if isinstance(err, TimeoutError):
+            return ProbeKind.TIMEOUT, f"timed out after {self._timeout_s}s"
+        if isinstance(err, ConnectionRefusedError):
+            return ProbeKind.REFUSED, "connection refused"
+        for kind, detail in _ERROR_DETAILS:
+            if isinstance(err, kind):
+                return ProbeKind.ERROR, detail
+        if isinstance(err, http.client.HTTPException):
+            return ProbeKind.ERROR, f"not an HTTP response ({type(err).__name__})"
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return ProbeKind.ERROR, f"TLS certificate rejected: {err.verify_message}"
+        if isinstance(err, ssl.SSLError):
+            return ProbeKind.ERROR, f"TLS error: {err.reason or type(err).__name__}"
+        if isinstance(err, OSError):
+            return ProbeKind.ERROR, (err.strerror or str(err) or type(err).__name__).lower()
+        logger.error("probe of %s failed unexpectedly", target.proxy_id, exc_info=err)
+        return ProbeKind.ERROR, f"probe error: {type(err).__name__}"
 
     def _exchange(
         self, target: ProbeTarget, request: _Request, deadline: float
-    ) -> tuple[bool, str]:
+    ) -> tuple[ProbeKind, str]:
         sock: socket.socket = socket.create_connection(
             (target.host, target.port), timeout=_remaining(deadline)
         )
@@ -169,7 +172,7 @@ class HttpProber:
                 response = _DeadlineResponse(sock, deadline, method="CONNECT")
                 response.begin()
                 if not 200 <= response.status < 300:
-                    return False, _status_detail(response.status, response.reason)
+                    return _status_failure(response.status, response.reason)
                 sock.settimeout(_remaining(deadline))
                 assert self._ssl_context is not None  # set in __init__ for https URLs
                 sock = self._ssl_context.wrap_socket(sock, server_hostname=request.host)
@@ -183,10 +186,11 @@ class HttpProber:
             response = _DeadlineResponse(sock, deadline, method="GET")
             response.begin()
             if not 200 <= response.status < 300:
-                return False, _status_detail(response.status, response.reason)
+                return _status_failure(response.status, response.reason)
             if request.token is not None and request.token not in response.read(_MAX_BODY):
-                return False, f"{response.status} but not from the probe origin (wrong body)"
-            return True, "ok"
+                detail = f"{response.status} but not from the probe origin (wrong body)"
+                return ProbeKind.BAD_STATUS, detail
+            return ProbeKind.OK, "ok"
         finally:
             sock.close()
 
@@ -302,6 +306,20 @@ def _remaining(deadline: float) -> float:
 def _send(sock: socket.socket, data: bytes, deadline: float) -> None:
     sock.settimeout(_remaining(deadline))
     sock.sendall(data)
+
+
+# Connection failures that need no more words than these; most specific first.
+_ERROR_DETAILS: tuple[tuple[type[Exception], str], ...] = (
+    (http.client.RemoteDisconnected, "connection closed without a response"),
+    (ConnectionResetError, "connection reset"),
+    (ConnectionAbortedError, "connection closed"),
+    (BrokenPipeError, "connection closed"),
+)
+
+
+def _status_failure(status: int, reason: str) -> tuple[ProbeKind, str]:
+    auth = status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.PROXY_AUTHENTICATION_REQUIRED)
+    return (ProbeKind.AUTH if auth else ProbeKind.BAD_STATUS), _status_detail(status, reason)
 
 
 def _status_detail(status: int, reason: str) -> str:

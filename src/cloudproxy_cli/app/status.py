@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from cloudproxy_cli.app.service import InstanceReport, RunReport
 from cloudproxy_cli.core.errors import UsageError
 from cloudproxy_cli.core.model import Proxy
 from cloudproxy_cli.core.outcomes import apply_outcomes
+from cloudproxy_cli.core.phase import aged_waiting, rollout_phase
 from cloudproxy_cli.core.plan import ActionOutcome, CreateAction, DeleteAction
-from cloudproxy_cli.core.policy import EffectiveRolling, InstancePolicy
+from cloudproxy_cli.core.policy import EffectiveRolling, InstancePolicy, RollingPolicy
 from cloudproxy_cli.core.state import InstanceSnapshot, State, encode_snapshot
 
 
@@ -20,24 +22,87 @@ def iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-def snapshot_doc(
-    snap: InstanceSnapshot | None, state: State, key: str, now: datetime
-) -> dict[str, Any]:
-    """One entry of ``status``: the spec's fields first, then our extras."""
-    snap_doc = encode_snapshot(snap or InstanceSnapshot(last_update=now))
-    if snap is None:
-        snap_doc["last_update"] = None  # never reconciled yet
-    operations = [
+@dataclass(frozen=True)
+class StatusView:
+    """What status documents are computed against: the clock, and the settings in force."""
+
+    now: datetime
+    rolling: RollingPolicy
+    stale_after: timedelta = timedelta(seconds=300)
+    progress_deadline: timedelta | None = timedelta(seconds=1800)
+    min_scaling: Mapping[str, int] = field(default_factory=dict)  # by instance key, from config
+
+    def effective_min(self, key: str, snap: InstanceSnapshot | None) -> int:
+        """The effective minimum under the knobs in force now (they may have changed since)."""
+        scaling = self.min_scaling.get(key, snap.min_scaling if snap else 0)
+        return InstancePolicy(self.rolling, min_scaling=scaling).effective_min_available()
+
+
+def _seconds(delta: timedelta) -> int:
+    return int(delta.total_seconds())
+
+
+def _operations(state: State, key: str, snap: InstanceSnapshot | None, now: datetime) -> list[Any]:
+    names = snap.replacements if snap else {}
+    return [
         {
             "old": op.old_address or op.old_id,
-            "replacement": op.replacement_id,
+            # The replacement by address, as everything else in status; its id alongside.
+            "replacement": names.get(op.op_id, op.replacement_id),
+            "replacement_id": op.replacement_id,
             "strategy": op.strategy,
             "old_deleted": op.old_deleted,
             "opened_at": iso(op.opened_at),
-            "age_s": int((now - op.opened_at).total_seconds()),
+            "age_s": _seconds(now - op.opened_at),
         }
         for op in state.instance(key).operations
     ]
+
+
+def _timing(snap: InstanceSnapshot | None, view: StatusView) -> dict[str, Any]:
+    """How old the last run is (and whether that is stale), and when the next proxy ages."""
+    if snap is None:
+        return {"last_run_age_s": None, "stale": False, "next_recycle_in_s": None}
+    age = view.now - snap.last_update
+    due = snap.next_age_at
+    return {
+        "last_run_age_s": _seconds(age),
+        "stale": age > view.stale_after,
+        "next_recycle_in_s": _seconds(due - view.now) if due and due > view.now else None,
+    }
+
+
+def _phase_doc(
+    snap: InstanceSnapshot | None, state: State, key: str, view: StatusView
+) -> dict[str, Any]:
+    inst = state.instance(key)
+    phase = rollout_phase(
+        snap, inst, view.rolling, now=view.now, progress_deadline=view.progress_deadline
+    )
+    rollout = inst.rollout
+    return {
+        "phase": str(phase.phase),
+        "phase_text": phase.text,
+        "phase_reasons": list(phase.reasons),
+        "rollout": None
+        if rollout is None
+        else {
+            "started_at": iso(rollout.started_at),
+            "last_progress_at": iso(rollout.last_progress_at),
+            "completed": phase.completed,
+            "total": phase.total,
+        },
+    }
+
+
+def snapshot_doc(
+    snap: InstanceSnapshot | None, state: State, key: str, view: StatusView
+) -> dict[str, Any]:
+    """One entry of ``status``: the spec's fields first, then our extras."""
+    snap_doc = encode_snapshot(snap or InstanceSnapshot(last_update=view.now))
+    if snap is None:
+        snap_doc["last_update"] = None  # never reconciled yet
+    waiting = aged_waiting(snap) if snap else ()
     doc: dict[str, Any] = {
         "healthy": len(snap_doc["healthy_ips"]),
         "pending": snap_doc["pending"],
@@ -48,19 +113,29 @@ def snapshot_doc(
         "pending_recycle_ips": snap_doc["pending_recycle_ips"],
         "recycling_ips": snap_doc["recycling_ips"],
     }
+    doc.update(_phase_doc(snap, state, key, view))
     doc.update(
         {
+            "unhealthy": len(snap_doc["unhealthy_ips"]),
+            "aged_waiting": len(waiting),
+            **_timing(snap, view),
             "in_flight": snap_doc["in_flight"],
-            "operations": operations,
+            "operations": _operations(state, key, snap, view.now),
             "pending_ips": snap_doc["pending_ips"],
             "unhealthy_ips": snap_doc["unhealthy_ips"],
+            "unhealthy_reasons": [
+                {"address": f["address"], "kind": f["kind"], "reason": f["detail"]}
+                for f in snap_doc["probe_failures"]
+            ],
             "aged_ips": snap_doc["aged_ips"],
+            "aged_waiting_ips": list(waiting),
             "deferred": [
                 {"address": d["address"] or d["proxy_id"], "reason": d["reason"]}
                 for d in snap_doc["deferred"]
             ],
-            "effective_min_available": snap_doc["effective_min_available"],
-            "min_scaling": snap_doc["min_scaling"],
+            "min_available": view.rolling.min_available,
+            "effective_min_available": view.effective_min(key, snap),
+            "min_scaling": view.min_scaling.get(key, snap_doc["min_scaling"]),
             "strategy": snap_doc["strategy"],
             "last_error": snap_doc["last_error"],
             "last_error_at": snap_doc["last_error_at"],
@@ -75,7 +150,7 @@ def status_document(
     rolling: EffectiveRolling,
     instance_keys: Sequence[str],
     *,
-    now: datetime,
+    view: StatusView,
     provider: str | None = None,
     instance: str | None = None,
 ) -> dict[str, Any]:
@@ -95,7 +170,7 @@ def status_document(
             raise UsageError(f"unknown provider instance {provider}/{instance}")
     policy = rolling.policy
     return {
-        "metadata": {"request_id": str(uuid.uuid4()), "timestamp": iso(now)},
+        "metadata": {"request_id": str(uuid.uuid4()), "timestamp": iso(view.now)},
         "message": "Rolling deployment status retrieved successfully",
         "config": {
             "enabled": policy.enabled,
@@ -103,8 +178,12 @@ def status_document(
             "batch_size": policy.batch_size,
             "strategy": str(policy.strategy),
             "sources": rolling.sources,
+            "stale_after_s": _seconds(view.stale_after),
+            "progress_deadline_s": None
+            if view.progress_deadline is None
+            else _seconds(view.progress_deadline),
         },
-        "status": {k: snapshot_doc(state.instance(k).snapshot, state, k, now) for k in keys},
+        "status": {k: snapshot_doc(state.instance(k).snapshot, state, k, view) for k in keys},
     }
 
 
@@ -149,6 +228,7 @@ def counts_after(report: InstanceReport, policy: InstancePolicy, now: datetime) 
         return {}
     return {
         "healthy": len(snap.healthy_ips),
+        "unhealthy": len(snap.unhealthy_ips),
         "pending": snap.pending,
         "pending_recycle": len(snap.pending_recycle_ips),
         "recycling": len(snap.recycling_ips),
@@ -157,7 +237,10 @@ def counts_after(report: InstanceReport, policy: InstancePolicy, now: datetime) 
 
 
 def run_document(
-    report: RunReport, policies: dict[str, InstancePolicy], exit_code: int
+    report: RunReport,
+    policies: dict[str, InstancePolicy],
+    exit_code: int,
+    degraded: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """`cloudproxy reconcile --json`: per instance the actions, deferrals, errors and counts."""
     instances: dict[str, Any] = {}
@@ -181,6 +264,7 @@ def run_document(
             "warnings": [] if plan is None else list(plan.warnings),
             "log": list(inst.log),
             "counts": counts_after(inst, policies[key], report.started_at),
+            "degraded": list((degraded or {}).get(key, ())),
         }
     return {
         "dry_run": report.dry_run,

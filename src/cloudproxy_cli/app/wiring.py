@@ -100,6 +100,7 @@ def instance_policy(
         max_scaling=inst.max_scaling,
         age_limit=timedelta(seconds=settings.age_limit) if settings.age_limit else None,
         pending_timeout=timedelta(seconds=settings.pending_timeout),
+        progress_deadline=timedelta(seconds=settings.rolling_progress_deadline),
         resource_noun=RESOURCE_NOUNS.get(provider, "proxy"),
     )
 

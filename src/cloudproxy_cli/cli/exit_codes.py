@@ -12,9 +12,14 @@ class ExitCode(IntEnum):
     PARTIAL = 3  # some instances failed, the others were reconciled
     CONFIG = 4  # invalid configuration (the message names the setting)
     LOCKED = 5  # another cloudproxy run holds the state lock
+    # reconcile: every instance reconciled, but some rollout is stalled or some instance has
+    # fewer healthy (plus booting) proxies than the effective minimum. Failure (1) and
+    # partial (3) take precedence over it.
+    DEGRADED = 6
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 failure, 2 usage error, 3 partial (some instance failed), "
-    "4 configuration error, 5 another run holds the lock."
+    "4 configuration error, 5 another run holds the lock, "
+    "6 degraded (a rollout stalled, or too few healthy proxies)."
 )

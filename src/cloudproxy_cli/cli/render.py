@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from cloudproxy_cli.app.status import counts_after, iso
 from cloudproxy_cli.cli.exit_codes import ExitCode
@@ -27,11 +30,14 @@ if TYPE_CHECKING:
 
 def console() -> Console:
     """A console on the current ``sys.stdout`` (made per result: tests swap the stream)."""
-    # Rich honours NO_COLOR itself. Off a terminal (cron, pipes) lines must not be wrapped.
+    # Rich honours NO_COLOR itself. Off a terminal (cron, pipes) lines must not be wrapped,
+    # unless COLUMNS asks for a width: then it is honoured on and off a terminal.
     tty = sys.stdout.isatty()
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) > 0 else None
     return Console(
-        file=sys.stdout, highlight=False, markup=False, soft_wrap=not tty,
-        width=None if tty else 200,
+        file=sys.stdout, highlight=False, markup=False, soft_wrap=not tty and width is None,
+        width=width or (None if tty else 200),
     )  # fmt: skip
 
 
@@ -73,7 +79,8 @@ def print_run(out: Console, report: RunReport, policies: dict[str, InstancePolic
         counts = counts_after(inst, policies[key], report.started_at)
         batch = policies[key].rolling.batch_size
         out.print(
-            f"{key}: healthy {counts['healthy']}, pending {counts['pending']}, "
+            f"{key}: healthy {counts['healthy']}, unhealthy {counts['unhealthy']}, "
+            f"pending {counts['pending']}, "
             f"recycling {counts['recycling']}, pending recycle {counts['pending_recycle']}, "
             f"in flight {counts['in_flight']}/{batch}"
         )
@@ -112,40 +119,129 @@ def print_rolling_config(out: Console, rolling: EffectiveRolling) -> None:
     )
 
 
-def print_status(out: Console, doc: dict[str, Any]) -> None:
-    cfg = doc["config"]
+def status_header(cfg: dict[str, Any], width: int = 10_000) -> list[str]:
+    """The knobs in force and their sources, in lines of at most ``width`` where possible:
+    a line breaks only between knobs, so that no value is split."""
     src = cfg["sources"]
-    out.print(
-        f"Rolling deployment: {'enabled' if cfg['enabled'] else 'disabled'} ({src['enabled']}); "
-        f"min available {cfg['min_available']} ({src['min_available']}); "
-        f"batch size {cfg['batch_size']} ({src['batch_size']}); "
-        f"strategy {cfg['strategy']} ({src['strategy']})"
-    )
+    parts = [
+        f"Rolling deployment: {'enabled' if cfg['enabled'] else 'disabled'} ({src['enabled']})",
+        f"min available {cfg['min_available']} ({src['min_available']})",
+        f"batch size {cfg['batch_size']} ({src['batch_size']})",
+        f"strategy {cfg['strategy']} ({src['strategy']})",
+    ]
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += f"; {part}"
+        else:
+            lines[-1] += ";"
+            lines.append(f"  {part}")
+    return lines
+
+
+def min_available_cell(s: dict[str, Any]) -> str:
+    """The minimum in force, and the effective one when MIN_SCALING lowers it."""
+    if s["effective_min_available"] == s["min_available"]:
+        return str(s["min_available"])
+    return f"{s['min_available']} (eff. {s['effective_min_available']})"
+
+
+def last_run_cell(s: dict[str, Any]) -> str:
+    if s["last_run_age_s"] is None:
+        return "never"
+    return f"{s['last_run_age_s']} s ago" + (" STALE" if s["stale"] else "")
+
+
+def next_recycle_cell(s: dict[str, Any]) -> str:
+    due = s["next_recycle_in_s"]
+    return "-" if due is None else f"in {due} s"
+
+
+# Every status value shown per instance, in order: (column, vertical label, cell).
+_STATUS_FIELDS: tuple[tuple[str, str, Callable[[dict[str, Any], int], str]], ...] = (
+    ("phase", "phase", lambda s, _: s["phase_text"]),
+    ("healthy", "healthy", lambda s, _: str(s["healthy"])),
+    ("unhealthy", "unhealthy", lambda s, _: str(s["unhealthy"])),
+    ("pending", "pending", lambda s, _: str(s["pending"])),
+    ("aged waiting", "aged waiting", lambda s, _: str(s["aged_waiting"])),
+    ("pending recycle", "pending recycle", lambda s, _: str(s["pending_recycle"])),
+    ("recycling", "recycling", lambda s, _: str(s["recycling"])),
+    ("in flight", "in flight", lambda s, batch: f"{s['in_flight']}/{batch}"),
+    ("min avail.", "min available", lambda s, _: min_available_cell(s)),
+    ("last run", "last run", lambda s, _: last_run_cell(s)),
+    ("next recycle", "next recycle", lambda s, _: next_recycle_cell(s)),
+    ("last error", "last error", lambda s, _: s["last_error"] or ""),
+)
+
+
+def status_table(doc: dict[str, Any]) -> Table:
     table = Table(show_edge=False)
-    for column in ("instance", "healthy", "pending", "pending recycle", "recycling", "in flight",
-                   "min avail.", "last update", "last error"):  # fmt: skip
-        table.add_column(column)
+    table.add_column("instance", no_wrap=True)
+    for column, _, _ in _STATUS_FIELDS:
+        table.add_column(column, no_wrap=True)
+    batch = doc["config"]["batch_size"]
     for key, s in doc["status"].items():
-        table.add_row(
-            key,
-            str(s["healthy"]),
-            str(s["pending"]),
-            str(s["pending_recycle"]),
-            str(s["recycling"]),
-            f"{s['in_flight']}/{cfg['batch_size']}",
-            str(s["effective_min_available"]),
-            s["last_update"] or "never",
-            s["last_error"] or "",
-        )
-    out.print(table)
+        table.add_row(key, *(cell(s, batch) for _, _, cell in _STATUS_FIELDS))
+    return table
+
+
+def status_blocks(doc: dict[str, Any]) -> list[str]:
+    """The same values as the table, one block per instance: for narrow terminals."""
+    batch = doc["config"]["batch_size"]
+    lines: list[str] = []
     for key, s in doc["status"].items():
+        lines.append(key)
+        for _, label, cell in _STATUS_FIELDS:
+            value = cell(s, batch)
+            if value:
+                lines.append(f"  {label:<16}{value}")
+    return lines
+
+
+def status_notes(doc: dict[str, Any]) -> list[str]:
+    """What explains the numbers: stale runs, deferrals, recycles, failed probes, warnings."""
+    stale_after = doc["config"].get("stale_after_s")
+    lines: list[str] = []
+    for key, s in doc["status"].items():
+        if s["stale"]:
+            lines.append(
+                f"{key}: warning: the last reconcile ran {s['last_run_age_s']} s ago "
+                f"(more than STALE_AFTER {stale_after} s): is cron running?"
+            )
         for d in s["deferred"]:
-            out.print(f"{key}: deferred {d['address']}: {d['reason']}")
+            lines.append(f"{key}: deferred {d['address']}: {d['reason']}")
         for op in s["operations"]:
             old, new = op["old"] or "(adopted)", op["replacement"] or "(none yet)"
-            out.print(f"{key}: recycling {old} -> {new} for {op['age_s']} s ({op['strategy']})")
+            lines.append(f"{key}: recycling {old} -> {new} for {op['age_s']} s ({op['strategy']})")
+        for u in s["unhealthy_reasons"]:
+            lines.append(f"{key}: unhealthy {u['address']}: {u['reason']} ({u['kind']})")
         for w in s["warnings"]:
-            out.print(f"{key}: warning: {w}")
+            lines.append(f"{key}: warning: {w}")
+    return lines
+
+
+def status_renderable(out: Console, doc: dict[str, Any]) -> Group:
+    """Header, the table (or one block per instance when it is wider than ``out``), notes."""
+    table = status_table(doc)
+    unbounded = out.options.update_width(10_000)
+    narrow = Measurement.get(out, unbounded, table).maximum > out.width
+    body: list[RenderableType] = [Text(line) for line in status_blocks(doc)] if narrow else [table]
+    notes = [Text(line) for line in status_notes(doc)]
+    header = [Text(line) for line in status_header(doc["config"], out.width)]
+    return Group(*header, *body, *notes)
+
+
+def print_status(out: Console, doc: dict[str, Any]) -> None:
+    out.print(status_renderable(out, doc))
+
+
+def status_line(key: str, s: dict[str, Any], batch: int) -> str:
+    """One instance on one line, for `rolling status --wait` off a terminal."""
+    return (
+        f"{key}: {s['phase_text']}; healthy {s['healthy']}, unhealthy {s['unhealthy']}, "
+        f"pending {s['pending']}, aged waiting {s['aged_waiting']}, "
+        f"in flight {s['in_flight']}/{batch}; last run {last_run_cell(s)}"
+    )
 
 
 def _age(seconds: float) -> str:
@@ -177,8 +273,10 @@ def proxy_rows(
                 return label
         return "unknown"  # created since the last reconcile, or not yet probed
 
+    failures = {f.address: f for f in snap.probe_failures} if snap else {}
     rows = []
     for p in sorted(proxies, key=lambda p: (p.created_at, p.id)):
+        failure = failures.get(p.address) if p.address else None
         url = None
         if p.ip is not None:
             creds = ""
@@ -192,6 +290,9 @@ def proxy_rows(
                 "address": p.address,
                 "url": url,
                 "state": state_of(p),
+                # Why its last probe failed (None: it passed, or was not probed).
+                "reason": failure.detail if failure else None,
+                "reason_kind": failure.kind if failure else None,
                 "created_at": iso(p.created_at),
                 "age_s": int((now - p.created_at).total_seconds()),
             }
@@ -201,11 +302,11 @@ def proxy_rows(
 
 def print_proxies(out: Console, rows: list[dict[str, Any]]) -> None:
     table = Table(show_edge=False)
-    for column in ("instance", "url", "state", "age", "id"):
+    for column in ("instance", "url", "state", "age", "id", "reason"):
         table.add_column(column)
     for r in rows:
         table.add_row(r["instance"], r["url"] or "(no address yet)", r["state"],
-                      _age(r["age_s"]), r["id"])  # fmt: skip
+                      _age(r["age_s"]), r["id"], r["reason"] or "")  # fmt: skip
     out.print(table)
     if not rows:
         out.print("no proxies")

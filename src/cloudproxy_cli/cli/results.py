@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from cloudproxy_cli.app.status import run_document
 from cloudproxy_cli.cli import render
 from cloudproxy_cli.cli.exit_codes import ExitCode
+from cloudproxy_cli.core.phase import degraded_reasons
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -43,16 +44,31 @@ class ReconcileResult(CommandResult):
 
     @property
     def exit_code(self) -> ExitCode:
+        # Precedence: failure (1) > partial (3) > degraded (6) > ok (0).
         instances = self.report.instances
         if instances and all(i.error is not None for i in instances):
             return ExitCode.FAILURE  # no instance could even be listed
-        return ExitCode.PARTIAL if any(i.failed for i in instances) else ExitCode.OK
+        if any(i.failed for i in instances):
+            return ExitCode.PARTIAL
+        return ExitCode.DEGRADED if self.degraded() else ExitCode.OK
+
+    def degraded(self) -> dict[str, tuple[str, ...]]:
+        """Per degraded instance, why (a stalled rollout, too few healthy proxies)."""
+        found = {
+            str(i.key): degraded_reasons(i.snapshot, self.policies[str(i.key)])
+            for i in self.report.instances
+            if i.error is None
+        }
+        return {key: reasons for key, reasons in found.items() if reasons}
 
     def render(self, out: Console) -> None:
         render.print_run(out, self.report, self.policies)
+        for key, reasons in self.degraded().items():
+            for reason in reasons:
+                out.print(f"{key}: degraded: {reason}")
 
     def document(self) -> Any:
-        return run_document(self.report, self.policies, int(self.exit_code))
+        return run_document(self.report, self.policies, int(self.exit_code), self.degraded())
 
 
 @dataclass(frozen=True)

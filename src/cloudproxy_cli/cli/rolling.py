@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
@@ -30,27 +31,68 @@ def rolling_status(
     provider: Annotated[str | None, typer.Argument(help="Only this provider.")] = None,
     instance: Annotated[str | None, typer.Argument(help="Only this instance of it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait until no aged proxy and no recycle is left (the cron runs do the work).",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0, help="With --wait: give up after this many seconds."),
+    ] = None,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", min=0.01, help="With --wait: seconds between state reads."),
+    ] = 2.0,
 ) -> StatusResult:
     """Show the rolling-deployment status recorded by the last reconcile run.
 
     Counts describe each instance's fleet after that run's actions. Reads the state file only:
-    no cloud API is called.
+    no cloud API is called. With --wait, re-reads it until the rollout is done (exit 0) or
+    --timeout passes (exit 1, saying what is stuck and why).
 
     Examples: [bold]cloudproxy rolling status[/bold] ·
-    [bold]cloudproxy rolling status digitalocean default --json[/bold]
+    [bold]cloudproxy rolling status digitalocean default --json[/bold] ·
+    [bold]cloudproxy rolling status --wait --timeout 900[/bold]
     """
-    from cloudproxy_cli.app.status import status_document
-    from cloudproxy_cli.app.wiring import effective_rolling
+    from cloudproxy_cli.app.status import StatusView, status_document
 
+    if not wait and timeout is not None:
+        raise UsageError("--timeout needs --wait")
     opts = options(ctx)
     loaded = opts.load_config()
-    result = opts.store().load()
+    store = opts.store()
+    settings = loaded.settings
+    keys = [f"{p}/{i}" for p, i, _ in settings.enabled_instances()]
+
+    def document(state: State) -> dict[str, Any]:
+        from cloudproxy_cli.app.wiring import effective_rolling
+
+        rolling = effective_rolling(loaded, state.overrides)
+        view = StatusView(
+            now=now(),
+            rolling=rolling.policy,
+            stale_after=timedelta(seconds=settings.stale_after),
+            progress_deadline=timedelta(seconds=settings.rolling_progress_deadline),
+            min_scaling={
+                f"{p}/{i}": inst.min_scaling for p, i, inst in settings.enabled_instances()
+            },
+        )
+        return status_document(
+            state, rolling, keys, view=view, provider=provider, instance=instance
+        )
+
+    result = store.load()
     warn(result.warning)
-    rolling = effective_rolling(loaded, result.state.overrides)
-    keys = [f"{p}/{i}" for p, i, _ in loaded.settings.enabled_instances()]
-    doc = status_document(
-        result.state, rolling, keys, now=now(), provider=provider, instance=instance
-    )
+    doc = document(result.state)
+    if wait:
+        from cloudproxy_cli.cli.wait import wait_for_rollout
+
+        doc = wait_for_rollout(
+            doc, store, document, timeout=timeout, interval=interval, as_json=as_json
+        )
     return StatusResult(doc, as_json=as_json)
 
 

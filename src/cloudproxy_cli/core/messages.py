@@ -156,3 +156,10 @@ def max_scaling_limits(
         f"MAX_SCALING ({max_scaling}) for {key}: creating {n} of the "
         f"{deficit} proxies needed to reach MIN_SCALING ({min_scaling})"
     )
+
+
+def credentials_rejected(count: int, key: InstanceKey) -> str:
+    return (
+        f"credentials rejected by every proxy: did PROXY_PASSWORD change? "
+        f"({count} proxies of {key} answered 401/407)"
+    )

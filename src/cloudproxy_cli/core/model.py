@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +59,31 @@ class ProbeTarget:
     port: int
 
 
+class ProbeKind(StrEnum):
+    """Why a probe failed, in few enough kinds to count and alert on; ``detail`` says more."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    REFUSED = "refused"
+    AUTH = "auth"  # 401 or 407: the proxy rejected our credentials
+    BAD_STATUS = "bad_status"  # any other non-2xx, or a 2xx that is not our origin's page
+    ERROR = "error"  # reset, TLS, DNS, not HTTP, ...
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
-    """The outcome of one health probe. ``detail`` says why it failed (or ``ok``)."""
+    """The outcome of one health probe. ``detail`` says why it failed (or ``ok``).
+
+    ``kind`` is ``None`` when the prober did not classify the failure: then it is ``error``.
+    """
 
     ok: bool
     detail: str = "ok"
     elapsed_s: float = 0.0
+    kind: ProbeKind | None = None
+
+    @property
+    def reason_kind(self) -> ProbeKind:
+        if self.ok:
+            return ProbeKind.OK
+        return self.kind or ProbeKind.ERROR

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from cloudproxy_cli.core import messages
 from cloudproxy_cli.core.model import Proxy
+from cloudproxy_cli.core.phase import advance_rollout
 from cloudproxy_cli.core.plan import ActionOutcome, CreateAction, DeleteAction, Plan
 from cloudproxy_cli.core.policy import InstancePolicy
 from cloudproxy_cli.core.snapshot import build_snapshot
@@ -33,6 +34,7 @@ def apply_outcomes(
     log: list[str] = []
     created: list[Proxy] = []
     deleted: set[str] = set()
+    completed = 0
     for outcome in outcomes:
         action = outcome.action
         if not outcome.ok:
@@ -45,11 +47,17 @@ def apply_outcomes(
         deleted.add(action.proxy_id)
         closed = _fold_delete(action, records, ops)
         if closed is not None:
+            completed += closed.old_id is not None
             log.append(messages.completed(closed.old_address or str(closed.old_id), plan.key))
+    # Still a rollout while a recycle is open or an aged proxy is left.
+    active = bool(ops) or bool(plan.aged_ids - deleted)
     state = InstanceState(
         records=records,
         operations=tuple(ops.values()),
         firewall_id=plan.next_state.firewall_id,
+        rollout=advance_rollout(
+            plan.next_state.rollout, active=active, completed=completed, now=now
+        ),
     )
     snapshot = plan.next_state.snapshot
     if update_snapshot:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cloudproxy_cli.core.model import InstanceKey, Proxy
-from cloudproxy_cli.core.state import Deferral, InstanceState
+from cloudproxy_cli.core.state import Deferral, InstanceState, ProbeFailure
 
 
 class DeleteKind(StrEnum):
@@ -51,6 +51,7 @@ class Plan:
     effective_min_available: int = 0
     aged_ids: frozenset[str] = frozenset()
     pending_ids: frozenset[str] = frozenset()
+    probe_failures: tuple[ProbeFailure, ...] = ()  # observed proxies whose probe failed
 
     @property
     def is_empty(self) -> bool:

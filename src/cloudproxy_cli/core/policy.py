@@ -37,6 +37,8 @@ class InstancePolicy:
     age_limit: timedelta | None = None  # None or zero: proxies never age
     max_scaling: int | None = None  # hard cap on proxies that exist at once (surge included)
     pending_timeout: timedelta = timedelta(seconds=600)
+    # A rollout with no recycle completed for this long is stalled (exit code 6); None: never.
+    progress_deadline: timedelta | None = timedelta(seconds=1800)
     # An established proxy is replaced for health only after this many failed runs in a row...
     failures_before_replace: int = 3
     # ...and never while at least this share of the proxies that should answer fail together

@@ -10,13 +10,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from cloudproxy_cli.core import messages
-from cloudproxy_cli.core.model import InstanceKey, ProbeResult, Proxy
+from cloudproxy_cli.core.model import InstanceKey, ProbeKind, ProbeResult, Proxy
+from cloudproxy_cli.core.phase import advance_rollout
 from cloudproxy_cli.core.plan import CreateAction, DeleteAction, DeleteKind, Plan
 from cloudproxy_cli.core.policy import InstancePolicy, Strategy
 from cloudproxy_cli.core.state import (
     Deferral,
     InstanceState,
     OperationStrategy,
+    ProbeFailure,
     ProxyRecord,
     RecycleOperation,
 )
@@ -95,6 +97,7 @@ def reconcile(
     run = RunDecisions(key, policy, now)
     fleet = health_history(observed, health, state, policy, now=now)
     fleet = detect_mass_failure(run, fleet)
+    detect_rejected_credentials(run, fleet)
     ops, retries = carry_operations(run, fleet, state.operations)
     if not fleet.mass_failure:
         remove_unhealthy(run, fleet)
@@ -114,12 +117,31 @@ def reconcile(
             operations=still_open,
             snapshot=state.snapshot,
             firewall_id=state.firewall_id,
+            # Recycles that completed in this plan; those its deletes complete count later.
+            rollout=advance_rollout(
+                state.rollout, active=True, completed=_completed(state, still_open), now=now
+            ),
         ),
         warnings=tuple(run.warnings),
         log=tuple(run.log),
         effective_min_available=policy.effective_min_available(),
         aged_ids=fleet.aged,
         pending_ids=fleet.pending,
+        probe_failures=probe_failures(fleet),
+    )
+
+
+def _completed(state: InstanceState, still_open: Sequence[RecycleOperation]) -> int:
+    open_ids = {op.op_id for op in still_open}
+    return sum(1 for op in state.operations if op.old_id is not None and op.op_id not in open_ids)
+
+
+def probe_failures(fleet: Fleet) -> tuple[ProbeFailure, ...]:
+    """Why each probed proxy that failed did, oldest proxy first."""
+    return tuple(
+        ProbeFailure(p.label, str(r.reason_kind), r.detail)
+        for p in fleet.proxies
+        if (r := fleet.health.get(p.id)) is not None and not r.ok
     )
 
 
@@ -188,6 +210,13 @@ def detect_mass_failure(run: RunDecisions, fleet: Fleet) -> Fleet:
     if mass_failure:
         run.warnings.append(messages.mass_failure(len(failing), len(expected), run.key))
     return replace(fleet, mass_failure=mass_failure)
+
+
+def detect_rejected_credentials(run: RunDecisions, fleet: Fleet) -> None:
+    """Every probed proxy (two or more) answering 401/407 means our credentials changed."""
+    probed = [r for p in fleet.proxies if (r := fleet.health.get(p.id)) is not None]
+    if len(probed) >= 2 and all(r.reason_kind == ProbeKind.AUTH for r in probed):
+        run.warnings.append(messages.credentials_rejected(len(probed), run.key))
 
 
 # -- carry operations ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def build_snapshot(
     """The fleet after the run's actions, as ``rolling status`` shows it."""
     remaining = [p for p in plan.observed if p.id not in deleted]
     pending = [p for p in remaining if p.id in plan.pending_ids] + list(created)
+    by_id = {p.id: p for p in [*remaining, *created]}
     surge_old = {
         op.old_id
         for op in state.operations
@@ -54,7 +55,27 @@ def build_snapshot(
         min_scaling=policy.min_scaling,
         strategy=str(policy.rolling.strategy),
         warnings=plan.warnings,
+        probe_failures=plan.probe_failures,
+        next_age_at=_next_age_at([*remaining, *created], policy, now),
+        rollout=state.rollout,
+        replacements={
+            op.op_id: by_id[op.replacement_id].label
+            for op in state.operations
+            if op.replacement_id is not None and op.replacement_id in by_id
+        },
     )
+
+
+def _next_age_at(
+    proxies: Sequence[Proxy], policy: InstancePolicy, now: datetime
+) -> datetime | None:
+    """When the next proxy that is not aged yet reaches AGE_LIMIT (``None``: none will)."""
+    if not policy.age_limit:
+        return None
+    due = [
+        p.created_at + policy.age_limit for p in proxies if p.created_at + policy.age_limit > now
+    ]
+    return min(due, default=None)
 
 
 def failed_snapshot(

@@ -82,6 +82,29 @@ class Deferral:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeFailure:
+    """Why one proxy failed its last probe: a ``ProbeKind`` value and the prober's words."""
+
+    address: str
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """Progress of the rollout under way (aged proxies waiting or recycles open), for stall
+    detection: when it started, when an operation last completed, and how many have."""
+
+    started_at: datetime
+    last_progress_at: datetime | None = None
+    completed: int = 0
+
+    @property
+    def progressed_at(self) -> datetime:
+        return self.last_progress_at or self.started_at
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceSnapshot:
     """The fleet of one instance *after* a run's actions, for ``rolling status``."""
 
@@ -101,6 +124,11 @@ class InstanceSnapshot:
     last_error: str | None = None
     last_error_at: datetime | None = None
     warnings: tuple[str, ...] = ()
+    probe_failures: tuple[ProbeFailure, ...] = ()  # proxies that failed this run's probe
+    next_age_at: datetime | None = None  # when the next not-yet-aged proxy reaches AGE_LIMIT
+    rollout: Rollout | None = None  # a copy of the instance's, as of this snapshot
+    # How each open operation's replacement is named (its address once it has one), by op_id.
+    replacements: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +137,7 @@ class InstanceState:
     operations: tuple[RecycleOperation, ...] = ()
     snapshot: InstanceSnapshot | None = None
     firewall_id: str | None = None  # what the adapter's ensure_firewall returned last
+    rollout: Rollout | None = None  # None while nothing is aged and nothing is recycling
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +281,35 @@ def encode_snapshot(snap: InstanceSnapshot) -> dict[str, Any]:
         "last_error": snap.last_error,
         "last_error_at": _ts(snap.last_error_at),
         "warnings": list(snap.warnings),
+        "probe_failures": [
+            {"address": f.address, "kind": f.kind, "detail": f.detail} for f in snap.probe_failures
+        ],
+        "next_age_at": _ts(snap.next_age_at),
+        "rollout": _encode_rollout(snap.rollout),
+        "replacements": dict(sorted(snap.replacements.items())),
     }
+
+
+def _encode_rollout(rollout: Rollout | None) -> dict[str, Any] | None:
+    if rollout is None:
+        return None
+    return {
+        "started_at": _ts(rollout.started_at),
+        "last_progress_at": _ts(rollout.last_progress_at),
+        "completed": rollout.completed,
+    }
+
+
+def _decode_rollout(doc: Any) -> Rollout | None:
+    # Files written before rollouts were tracked have no such key: nothing under way then.
+    if doc is None:
+        return None
+    doc = _table(doc, "rollout")
+    return Rollout(
+        started_at=_req_ts(doc["started_at"]),
+        last_progress_at=_parse_ts(doc.get("last_progress_at")),
+        completed=_count(doc.get("completed", 0), "rollout.completed"),
+    )
 
 
 def decode_snapshot(doc: Mapping[str, Any]) -> InstanceSnapshot:
@@ -276,6 +333,24 @@ def decode_snapshot(doc: Mapping[str, Any]) -> InstanceSnapshot:
         last_error=_opt_text(doc.get("last_error"), "last_error"),
         last_error_at=_parse_ts(doc.get("last_error_at")),
         warnings=_texts(doc.get("warnings", []), "warnings"),
+        probe_failures=tuple(
+            _decode_probe_failure(f) for f in _list(doc.get("probe_failures", []), "probe_failures")
+        ),
+        next_age_at=_parse_ts(doc.get("next_age_at")),
+        rollout=_decode_rollout(doc.get("rollout")),
+        replacements={
+            str(k): _text(v, "replacements")
+            for k, v in _table(doc.get("replacements") or {}, "replacements").items()
+        },
+    )
+
+
+def _decode_probe_failure(doc: Any) -> ProbeFailure:
+    doc = _table(doc, "probe_failures")
+    return ProbeFailure(
+        _text(doc["address"], "probe_failures.address"),
+        _text(doc["kind"], "probe_failures.kind"),
+        _text(doc["detail"], "probe_failures.detail"),
     )
 
 
@@ -323,6 +398,7 @@ def encode_state(state: State) -> dict[str, Any]:
             ],
             "snapshot": None if inst.snapshot is None else encode_snapshot(inst.snapshot),
             "firewall_id": inst.firewall_id,
+            "rollout": _encode_rollout(inst.rollout),
         }
     o = state.overrides
     return {
@@ -385,6 +461,7 @@ def _decode_instance(inst: Any) -> InstanceState:
         operations=operations,
         snapshot=None if snap is None else decode_snapshot(snap),
         firewall_id=_opt_text(inst.get("firewall_id"), "firewall_id"),
+        rollout=_decode_rollout(inst.get("rollout")),
     )
 
 
