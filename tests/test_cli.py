@@ -180,7 +180,8 @@ def test_rolling_set_persists_and_shows_its_source_until_reset(cli: Cli) -> None
 
 def test_status_before_any_run_and_filters(cli: Cli) -> None:
     doc = cli.json("rolling", "status", "--json", **LOCAL)
-    assert set(doc) == {"metadata", "message", "config", "status"}
+    assert set(doc) == {"schema_version", "metadata", "message", "config", "status"}
+    assert doc["schema_version"] == 1
     assert doc["message"] == "Rolling deployment status retrieved successfully"
     entry = doc["status"]["local/default"]
     assert entry["last_update"] is None and entry["healthy"] == 0

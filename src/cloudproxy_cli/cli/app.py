@@ -79,7 +79,7 @@ def root(
     render.setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     # run() hands its environment in as ctx.obj; the commands find it in the Options.
     environ = ctx.obj if isinstance(ctx.obj, Mapping) else os.environ
-    ctx.obj = Options(config, state_file, environ)
+    ctx.obj = Options(config, state_file, environ, quiet=quiet and not verbose)
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
 

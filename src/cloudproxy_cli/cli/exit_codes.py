@@ -12,9 +12,13 @@ class ExitCode(IntEnum):
     PARTIAL = 3  # some instances failed, the others were reconciled
     CONFIG = 4  # invalid configuration (the message names the setting)
     LOCKED = 5  # another cloudproxy run holds the state lock
+    INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report 128 + SIGINT
+    # `reconcile --dry-run --detailed-exitcode` with a non-empty plan, like `terraform plan`.
+    CHANGES_PENDING = 2
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 failure, 2 usage error, 3 partial (some instance failed), "
-    "4 configuration error, 5 another run holds the lock."
+    "4 configuration error, 5 another run holds the lock, 130 interrupted. "
+    "With reconcile --dry-run --detailed-exitcode: 0 no changes, 2 changes pending."
 )

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from cloudproxy_cli.core.policy import InstancePolicy
 
 
+# Every JSON document the CLI prints starts with this; bumped when a key changes meaning or goes.
+SCHEMA_VERSION = 1
+
+
 def console() -> Console:
     """A console on the current ``sys.stdout`` (made per result: tests swap the stream)."""
     # Rich honours NO_COLOR itself. Off a terminal (cron, pipes) lines must not be wrapped.
@@ -39,9 +43,12 @@ def console() -> Console:
 def emit(result: CommandResult) -> ExitCode:
     """Print a command's result (its JSON document, or its text) and return its exit code."""
     if result.as_json:
-        print_json(result.document())
+        print_json({"schema_version": SCHEMA_VERSION, **result.document()})
     else:
         result.render(console())
+    if not result.quiet:
+        for line in result.notes():
+            sys.stderr.write(line + "\n")
     return result.exit_code
 
 

@@ -11,6 +11,8 @@ from cloudproxy_cli.cli import render
 from cloudproxy_cli.cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.console import Console
 
     from cloudproxy_cli.app.service import DestroyReport, RunReport
@@ -24,6 +26,7 @@ class CommandResult(ABC):
     ``render()``) and ``run`` exits with ``exit_code``; commands decide no exit code."""
 
     as_json: bool = False
+    quiet: bool = False  # --quiet: no notes, and no text at all when there is nothing to say
 
     @property
     def exit_code(self) -> ExitCode:
@@ -31,6 +34,10 @@ class CommandResult(ABC):
 
     @abstractmethod
     def render(self, out: Console) -> None: ...
+
+    def notes(self) -> list[str]:
+        """Lines for stderr after the result (a summary, a hint); ``--quiet`` drops them."""
+        return []
 
     def document(self) -> Any:
         # Only commands with a --json option set as_json; the others never get here.
@@ -41,27 +48,73 @@ class CommandResult(ABC):
 class ReconcileResult(CommandResult):
     report: RunReport
     policies: dict[str, InstancePolicy]
+    detailed_exitcode: bool = False  # exit 2 when a dry run plans changes (terraform plan's -d)
 
     @property
     def exit_code(self) -> ExitCode:
         instances = self.report.instances
         if instances and all(i.error is not None for i in instances):
             return ExitCode.FAILURE  # no instance could even be listed
-        return ExitCode.PARTIAL if any(i.failed for i in instances) else ExitCode.OK
+        if any(i.failed for i in instances):
+            return ExitCode.PARTIAL
+        summary = self.summary()
+        if self.detailed_exitcode and summary["create"] + summary["delete"]:
+            return ExitCode.CHANGES_PENDING
+        return ExitCode.OK
+
+    def summary(self) -> dict[str, int]:
+        """Actions planned (dry run) or done, deferrals, and failures (actions and instances)."""
+        counts = {"create": 0, "delete": 0, "deferred": 0, "failed": 0}
+        for inst in self.report.instances:
+            counts["failed"] += inst.error is not None
+            if inst.plan is None:
+                continue
+            counts["deferred"] += len(inst.plan.deferrals)
+            if self.report.dry_run:
+                counts["create"] += len(inst.plan.creates)
+                counts["delete"] += len(inst.plan.deletes)
+                continue
+            for outcome in inst.outcomes:
+                verb = "create" if outcome.created is not None else "delete"
+                counts[verb if outcome.ok else "failed"] += 1
+        return counts
+
+    def _quiet_run(self) -> bool:
+        """Nothing was (or would be) done and nothing failed: cron's --quiet prints nothing."""
+        s = self.summary()
+        return self.quiet and not (s["create"] or s["delete"] or s["failed"])
 
     def render(self, out: Console) -> None:
-        render.print_run(out, self.report, self.policies)
+        if not self._quiet_run():
+            render.print_run(out, self.report, self.policies)
+
+    def notes(self) -> list[str]:
+        if not self.report.dry_run:
+            return []
+        s = self.summary()
+        line = (
+            f"dry run: {s['create']} to create, {s['delete']} to delete, {s['deferred']} deferred"
+        )
+        return [line + (f", {s['failed']} failed" if s["failed"] else "")]
 
     def document(self) -> Any:
-        return run_document(self.report, self.policies, int(self.exit_code))
+        doc = run_document(self.report, self.policies, int(self.exit_code))
+        doc["summary"] = self.summary()
+        return doc
 
 
 @dataclass(frozen=True)
 class StatusResult(CommandResult):
     doc: dict[str, Any]
+    missing_state: Path | None = None  # the state file, when no run has written it yet
 
     def render(self, out: Console) -> None:
         render.print_status(out, self.doc)
+
+    def notes(self) -> list[str]:
+        if self.missing_state is None:
+            return []
+        return [f"no state file at {self.missing_state} yet: run `cloudproxy reconcile` first"]
 
     def document(self) -> Any:
         return self.doc

@@ -44,14 +44,16 @@ def rolling_status(
 
     opts = options(ctx)
     loaded = opts.load_config()
-    result = opts.store().load()
+    store = opts.store()
+    result = store.load()
     warn(result.warning)
     rolling = effective_rolling(loaded, result.state.overrides)
     keys = [f"{p}/{i}" for p, i, _ in loaded.settings.enabled_instances()]
     doc = status_document(
         result.state, rolling, keys, now=now(), provider=provider, instance=instance
     )
-    return StatusResult(doc, as_json=as_json)
+    missing = None if store.path.exists() else store.path
+    return StatusResult(doc, missing, as_json=as_json, quiet=opts.quiet)
 
 
 @rolling_app.command("set")
