@@ -124,7 +124,7 @@ def test_nothing_enabled_is_a_configuration_error(cli: Cli) -> None:
 def test_config_show_masks_secrets_and_names_sources(cli: Cli) -> None:
     doc = cli.json("config", "show", "--json", AGE_LIMIT="120", **LOCAL)
     rows = {r["name"]: r for r in doc["settings"]}
-    assert rows["age_limit"] == {"name": "age_limit", "value": "120", "source": "env AGE_LIMIT"}
+    assert rows["age_limit"] == {"name": "age_limit", "value": 120, "source": "env AGE_LIMIT"}
     assert rows["proxy_password"]["value"] == "********"
     assert rows["rolling_batch_size"]["source"] == "default"
     assert rows["providers.local.default.min_scaling"]["source"] == "env LOCAL_MIN_SCALING"
@@ -401,7 +401,7 @@ def test_run_reads_the_environ_it_is_given(cli: Cli, capsys: pytest.CaptureFixtu
     assert "AGE_LIMIT" not in os.environ
     assert run(["config", "show", "--json"], {**cli.env, **LOCAL, "AGE_LIMIT": "77"}) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["settings"]}
-    assert rows["age_limit"]["value"] == "77"
+    assert rows["age_limit"]["value"] == 77
     assert rows["state_file"]["source"] == "env CLOUDPROXY_STATE_FILE"
 
 

@@ -25,6 +25,7 @@ def destroy(
     address: Annotated[
         str, typer.Argument(help="The proxy's address as status shows it (IP, or ip:port).")
     ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> DestroyResult:
     """Delete one proxy now, bypassing the rolling rules; the next reconcile replaces it.
 
@@ -40,7 +41,8 @@ def destroy(
     with store.lock():
         warn(store.recover())
         runtimes = build_runtimes(loaded, store.load().state.overrides, store.path)
-        return DestroyResult(destroy_proxy(address, runtimes, store, SystemClock()))
+        report = destroy_proxy(address, runtimes, store, SystemClock())
+    return DestroyResult(report, as_json=as_json)
 
 
 def proxies(

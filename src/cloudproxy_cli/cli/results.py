@@ -125,9 +125,23 @@ class RollingConfigResult(CommandResult):
     """The rolling knobs in force after `rolling set` or `rolling reset`."""
 
     rolling: EffectiveRolling
+    warnings: list[str] = field(default_factory=list)
 
     def render(self, out: Console) -> None:
         render.print_rolling_config(out, self.rolling)
+
+    def document(self) -> Any:
+        p = self.rolling.policy
+        return {
+            "config": {
+                "enabled": p.enabled,
+                "min_available": p.min_available,
+                "batch_size": p.batch_size,
+                "strategy": str(p.strategy),
+                "sources": self.rolling.sources,
+            },
+            "warnings": self.warnings,
+        }
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,16 @@ class DestroyResult(CommandResult):
             f"Destroyed {proxy.address or proxy.id} ({proxy.id}) in {self.report.key}; "
             "the next reconcile creates its replacement."
         )
+
+    def document(self) -> Any:
+        proxy = self.report.proxy
+        return {
+            "destroyed": {
+                "instance": str(self.report.key),
+                "id": proxy.id,
+                "address": proxy.address,
+            }
+        }
 
 
 @dataclass(frozen=True)
@@ -164,11 +188,24 @@ class ProxiesResult(CommandResult):
 
 
 @dataclass(frozen=True)
+class SettingRow:
+    """One line of `config show`: the value as text (secrets masked), its source, and the
+    value for JSON (int, float, bool, null for unset, text otherwise; secrets masked)."""
+
+    name: str
+    value: str
+    source: str
+    typed: object
+
+
+@dataclass(frozen=True)
 class ConfigResult(CommandResult):
-    rows: list[tuple[str, str, str]]  # name, value (secrets masked), source
+    rows: list[SettingRow]
 
     def render(self, out: Console) -> None:
-        render.print_config(out, self.rows)
+        render.print_config(out, [(r.name, r.value, r.source) for r in self.rows])
 
     def document(self) -> Any:
-        return {"settings": [{"name": n, "value": v, "source": s} for n, v, s in self.rows]}
+        return {
+            "settings": [{"name": r.name, "value": r.typed, "source": r.source} for r in self.rows]
+        }
