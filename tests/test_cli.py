@@ -56,7 +56,9 @@ COMMANDS = [
     ["rolling", "reset"],
     ["destroy"],
     ["proxies"],
+    ["proxies", "random"],
     ["config", "show"],
+    ["completion"],
 ]
 
 
@@ -309,7 +311,7 @@ def lock_holder(cli: Cli) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def slow_reconcile(cli: Cli, hole: BlackHole) -> subprocess.Popen[str]:
+def slow_reconcile(cli: Cli, hole: BlackHole, timeout: str = "6") -> subprocess.Popen[str]:
     """A reconcile that holds the lock for ~HEALTH_CHECK_TIMEOUT: its probe hangs at the origin."""
     assert cli.run("reconcile", **LOCAL).returncode == 0  # one proxy to probe
 
@@ -318,7 +320,7 @@ def slow_reconcile(cli: Cli, hole: BlackHole) -> subprocess.Popen[str]:
         return bool(doc["instances"]["local/default"]["counts"]["healthy"] == 1)
 
     assert wait_until(healthy), "the proxy never became healthy"
-    first = cli.popen("reconcile", HEALTH_CHECK_URL=hole.url, HEALTH_CHECK_TIMEOUT="6", **LOCAL)
+    first = cli.popen("reconcile", HEALTH_CHECK_URL=hole.url, HEALTH_CHECK_TIMEOUT=timeout, **LOCAL)
     assert wait_until(lambda: lock_holder(cli) == first.pid), "the first run never took the lock"
     return first
 
@@ -346,6 +348,27 @@ def test_sigkilled_run_leaves_a_readable_state_and_a_free_lock(cli: Cli) -> None
         first.wait(timeout=10)
     finally:
         hole.close()
+    status = cli.run("rolling", "status", "--json", **LOCAL)
+    assert status.returncode == 0 and status.stderr == ""
+    assert json.loads(status.stdout)["status"]["local/default"]["healthy"] == 1
+    assert cli.run("reconcile", **LOCAL).returncode == 0
+
+
+def test_ctrl_c_stops_a_hung_run_at_once_leaving_a_readable_state_and_a_free_lock(
+    cli: Cli,
+) -> None:
+    hole = BlackHole()
+    try:
+        # Its probe would hang for 30 s at the black hole.
+        first = slow_reconcile(cli, hole, timeout="30")
+        os.kill(first.pid, signal.SIGINT)
+        # Well before the probe's timeout: a run that waited for it would raise TimeoutExpired.
+        assert first.wait(timeout=15) == 130
+        _, err = first.communicate()
+    finally:
+        hole.close()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == "cloudproxy: error: interrupted"
     status = cli.run("rolling", "status", "--json", **LOCAL)
     assert status.returncode == 0 and status.stderr == ""
     assert json.loads(status.stdout)["status"]["local/default"]["healthy"] == 1

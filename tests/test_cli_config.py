@@ -142,7 +142,7 @@ def test_config_show_names_rolling_set_as_the_source_with_the_value_in_force(cli
     assert rows["rolling_strategy"]["source"] == "default"
     text = cli.run("config", "show", **env).stdout
     (line,) = [ln for ln in text.splitlines() if "rolling_batch_size" in ln]
-    assert line.replace("│", " ").split() == ["rolling_batch_size", "3", "rolling", "set"]
+    assert line.replace("│", " ").split() == ["rolling_batch_size", "3", "rolling", "set"], line
     assert cli.run("rolling", "reset", **env).returncode == 0
     assert settings(cli, **env)["rolling_batch_size"]["source"] == "env ROLLING_BATCH_SIZE"
 

@@ -32,6 +32,7 @@ _SETTING_PREFIXES = (
     "ONLY_HOST_IP",
     "ALLOW_OPEN_PROXY",
     "NO_COLOR",
+    "COLUMNS",  # the terminal's width shapes tables: a test sets it when it means to
 )
 
 

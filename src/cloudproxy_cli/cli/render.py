@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from cloudproxy_cli.app.status import counts_after, iso
@@ -33,11 +35,24 @@ SCHEMA_VERSION = 1
 def console() -> Console:
     """A console on the current ``sys.stdout`` (made per result: tests swap the stream)."""
     # Rich honours NO_COLOR itself. Off a terminal (cron, pipes) lines must not be wrapped.
+    # COLUMNS, when set, is the width everywhere (Rich reads it only on a terminal).
     tty = sys.stdout.isatty()
     return Console(
         file=sys.stdout, highlight=False, markup=False, soft_wrap=not tty,
-        width=None if tty else 200,
+        width=_columns() or (None if tty else 200),
     )  # fmt: skip
+
+
+def _columns() -> int | None:
+    text = os.environ.get("COLUMNS", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _fits(out: Console, table: Table) -> bool:
+    """Whether ``table`` fits the console's width with no cell wrapped or cut."""
+    # Measured unconstrained: Rich clamps a table's measurement to the width it is given.
+    unbounded = out.options.update_width(1_000_000)
+    return Measurement.get(out, unbounded, table).maximum <= out.width
 
 
 def emit(result: CommandResult) -> ExitCode:
@@ -208,21 +223,50 @@ def proxy_rows(
 
 
 def print_proxies(out: Console, rows: list[dict[str, Any]]) -> None:
-    table = Table(show_edge=False)
-    for column in ("instance", "url", "state", "age", "id"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(r["instance"], r["url"] or "(no address yet)", r["state"],
-                      _age(r["age_s"]), r["id"])  # fmt: skip
-    out.print(table)
+    """A table; on a terminal too narrow for it, two lines a proxy, the URL alone on the second
+    (never cut or wrapped: it is meant to be copied)."""
     if not rows:
         out.print("no proxies")
+        return
+    cells = [
+        (r["instance"], r["url"] or "(no address yet)", r["state"], _age(r["age_s"]), r["id"])
+        for r in rows
+    ]
+    table = _table(("instance", "url", "state", "age", "id"), cells)
+    if _fits(out, table):
+        out.print(table)
+        return
+    for instance, url, state, age, proxy_id in cells:
+        out.print(f"{instance}  {proxy_id}  {state}  {age}", soft_wrap=True)
+        out.print(f"  {url}", soft_wrap=True)
 
 
 def print_config(out: Console, rows: list[tuple[str, str, str]]) -> None:
-    table = Table(show_edge=False)
-    for column in ("setting", "value", "source"):
-        table.add_column(column)
+    """A table; on a terminal too narrow for it, ``name = value  (source)``, split over lines
+    where that is still too wide (a value is never cut or wrapped)."""
+    table = _table(("setting", "value", "source"), rows)
+    if _fits(out, table):
+        out.print(table)
+        return
     for name, value, source in rows:
-        table.add_row(name, value, source)
-    out.print(table)
+        for line in _setting_lines(name, value, source, out.width):
+            out.print(line, soft_wrap=True)
+
+
+def _setting_lines(name: str, value: str, source: str, width: int) -> list[str]:
+    one = f"{name} = {value}  ({source})"
+    if len(one) <= width:
+        return [one]
+    head = f"{name} = {value}"
+    if len(head) <= width:
+        return [head, f"    ({source})"]
+    return [f"{name} =", f"    {value}", f"    ({source})"]
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    table = Table(show_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table

@@ -173,6 +173,7 @@ class ProxiesResult(CommandResult):
     rows: list[dict[str, Any]]
     instances: int
     errors: list[str] = field(default_factory=list)
+    plain: bool = False  # --plain: the URLs alone, one per line
 
     @property
     def exit_code(self) -> ExitCode:
@@ -181,7 +182,10 @@ class ProxiesResult(CommandResult):
         return ExitCode.PARTIAL if len(self.errors) < self.instances else ExitCode.FAILURE
 
     def render(self, out: Console) -> None:
-        render.print_proxies(out, self.rows)
+        if self.plain:
+            out.file.write("".join(f"{r['url']}\n" for r in self.rows if r["url"]))
+        else:
+            render.print_proxies(out, self.rows)
 
     def document(self) -> Any:
         return {"proxies": self.rows, "errors": self.errors}
@@ -209,3 +213,26 @@ class ConfigResult(CommandResult):
         return {
             "settings": [{"name": r.name, "value": r.typed, "source": r.source} for r in self.rows]
         }
+
+
+@dataclass(frozen=True)
+class TextResult(CommandResult):
+    """Text printed exactly as it is: never wrapped, styled or cut (scripts, URL lists)."""
+
+    text: str
+
+    def render(self, out: Console) -> None:
+        out.file.write(self.text)
+
+
+@dataclass(frozen=True)
+class RandomProxyResult(CommandResult):
+    """`proxies random`: one healthy proxy."""
+
+    row: dict[str, Any]
+
+    def render(self, out: Console) -> None:
+        out.file.write(f"{self.row['url']}\n")
+
+    def document(self) -> Any:
+        return {"proxy": self.row}
