@@ -13,27 +13,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cloudproxy_cli.cli.app import run
 from tests.support.cli import COMMAND, Cli, one_line_error
-from tests.support.local_proxies import stop_local_proxies
 
 CREDS = {"PROXY_USERNAME": "tester", "PROXY_PASSWORD": "s3cret-Pa55"}
 LOCAL = {"LOCAL_ENABLED": "True", "LOCAL_MIN_SCALING": "1", **CREDS}
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    sandbox = Cli.make(tmp_path)
-    try:
-        yield sandbox
-    finally:
-        for inventory in sorted(sandbox.local_dir.glob("*")):
-            stop_local_proxies(inventory)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -12,20 +11,9 @@ import pytest
 
 from cloudproxy_cli.cli.app import hoist_global_options
 from tests.support.cli import Cli, one_line_error
-from tests.support.local_proxies import stop_local_proxies
 
 CREDS = {"PROXY_USERNAME": "tester", "PROXY_PASSWORD": "s3cret-Pa55"}
 LOCAL = {"LOCAL_ENABLED": "True", "LOCAL_MIN_SCALING": "1", **CREDS}
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    sandbox = Cli.make(tmp_path)
-    try:
-        yield sandbox
-    finally:
-        for inventory in sorted(sandbox.local_dir.glob("*")):
-            stop_local_proxies(inventory)
 
 
 # --- version and completion ---------------------------------------------------------------------

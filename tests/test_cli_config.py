@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.support.cli import Cli, one_line_error
-from tests.support.local_proxies import stop_local_proxies
 
 CREDS = {"PROXY_USERNAME": "tester", "PROXY_PASSWORD": "s3cret-Pa55"}
 LOCAL = {"LOCAL_ENABLED": "True", "LOCAL_MIN_SCALING": "2", **CREDS}
 MARK = "v4lue-never-shown"
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    sandbox = Cli.make(tmp_path)
-    try:
-        yield sandbox
-    finally:
-        for inventory in sorted(sandbox.local_dir.glob("*")):
-            stop_local_proxies(inventory)
 
 
 # --- unknown environment variables --------------------------------------------------------------
