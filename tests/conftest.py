@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import loopback_guard
+from tests.support.cli import Cli
+from tests.support.local_proxies import stop_local_proxies
 
 _SUBPROCESS_HOOK = Path(__file__).resolve().parent / "support" / "subprocess_hooks"
 
@@ -35,3 +38,25 @@ def loopback_only() -> Iterator[None]:
     ]
     # Refusals the code under test caught and swallowed still fail the run.
     assert not refused, "\n".join(refused)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cloudproxy_logger() -> None:
+    """Each test starts with the ``cloudproxy`` logger as Python leaves it (no handler, level
+    unset, propagating to the root, where caplog listens). An in-process CLI run configures it
+    (its own handler, no propagation); one left behind, e.g. by runs interleaved in threads,
+    would otherwise hide every later test's log lines from caplog."""
+    logger = logging.getLogger("cloudproxy")
+    logger.handlers[:], logger.propagate = [], True
+    logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    """A CLI sandbox in ``tmp_path``; every local proxy it started is stopped afterwards."""
+    sandbox = Cli.make(tmp_path)
+    try:
+        yield sandbox
+    finally:
+        for inventory in sorted(sandbox.local_dir.glob("*")):
+            stop_local_proxies(inventory)

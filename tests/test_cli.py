@@ -13,27 +13,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cloudproxy_cli.cli.app import run
 from tests.support.cli import COMMAND, Cli, one_line_error
-from tests.support.local_proxies import stop_local_proxies
 
 CREDS = {"PROXY_USERNAME": "tester", "PROXY_PASSWORD": "s3cret-Pa55"}
 LOCAL = {"LOCAL_ENABLED": "True", "LOCAL_MIN_SCALING": "1", **CREDS}
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    sandbox = Cli.make(tmp_path)
-    try:
-        yield sandbox
-    finally:
-        for inventory in sorted(sandbox.local_dir.glob("*")):
-            stop_local_proxies(inventory)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
@@ -56,7 +45,9 @@ COMMANDS = [
     ["rolling", "reset"],
     ["destroy"],
     ["proxies"],
+    ["proxies", "random"],
     ["config", "show"],
+    ["completion"],
 ]
 
 
@@ -124,7 +115,7 @@ def test_nothing_enabled_is_a_configuration_error(cli: Cli) -> None:
 def test_config_show_masks_secrets_and_names_sources(cli: Cli) -> None:
     doc = cli.json("config", "show", "--json", AGE_LIMIT="120", **LOCAL)
     rows = {r["name"]: r for r in doc["settings"]}
-    assert rows["age_limit"] == {"name": "age_limit", "value": "120", "source": "env AGE_LIMIT"}
+    assert rows["age_limit"] == {"name": "age_limit", "value": 120, "source": "env AGE_LIMIT"}
     assert rows["proxy_password"]["value"] == "********"
     assert rows["rolling_batch_size"]["source"] == "default"
     assert rows["providers.local.default.min_scaling"]["source"] == "env LOCAL_MIN_SCALING"
@@ -180,7 +171,8 @@ def test_rolling_set_persists_and_shows_its_source_until_reset(cli: Cli) -> None
 
 def test_status_before_any_run_and_filters(cli: Cli) -> None:
     doc = cli.json("rolling", "status", "--json", **LOCAL)
-    assert set(doc) == {"metadata", "message", "config", "status"}
+    assert set(doc) == {"schema_version", "metadata", "message", "config", "status"}
+    assert doc["schema_version"] == 1
     assert doc["message"] == "Rolling deployment status retrieved successfully"
     entry = doc["status"]["local/default"]
     assert entry["last_update"] is None and entry["healthy"] == 0
@@ -309,7 +301,7 @@ def lock_holder(cli: Cli) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def slow_reconcile(cli: Cli, hole: BlackHole) -> subprocess.Popen[str]:
+def slow_reconcile(cli: Cli, hole: BlackHole, timeout: str = "6") -> subprocess.Popen[str]:
     """A reconcile that holds the lock for ~HEALTH_CHECK_TIMEOUT: its probe hangs at the origin."""
     assert cli.run("reconcile", **LOCAL).returncode == 0  # one proxy to probe
 
@@ -318,7 +310,7 @@ def slow_reconcile(cli: Cli, hole: BlackHole) -> subprocess.Popen[str]:
         return bool(doc["instances"]["local/default"]["counts"]["healthy"] == 1)
 
     assert wait_until(healthy), "the proxy never became healthy"
-    first = cli.popen("reconcile", HEALTH_CHECK_URL=hole.url, HEALTH_CHECK_TIMEOUT="6", **LOCAL)
+    first = cli.popen("reconcile", HEALTH_CHECK_URL=hole.url, HEALTH_CHECK_TIMEOUT=timeout, **LOCAL)
     assert wait_until(lambda: lock_holder(cli) == first.pid), "the first run never took the lock"
     return first
 
@@ -346,6 +338,27 @@ def test_sigkilled_run_leaves_a_readable_state_and_a_free_lock(cli: Cli) -> None
         first.wait(timeout=10)
     finally:
         hole.close()
+    status = cli.run("rolling", "status", "--json", **LOCAL)
+    assert status.returncode == 0 and status.stderr == ""
+    assert json.loads(status.stdout)["status"]["local/default"]["healthy"] == 1
+    assert cli.run("reconcile", **LOCAL).returncode == 0
+
+
+def test_ctrl_c_stops_a_hung_run_at_once_leaving_a_readable_state_and_a_free_lock(
+    cli: Cli,
+) -> None:
+    hole = BlackHole()
+    try:
+        # Its probe would hang for 30 s at the black hole.
+        first = slow_reconcile(cli, hole, timeout="30")
+        os.kill(first.pid, signal.SIGINT)
+        # Well before the probe's timeout: a run that waited for it would raise TimeoutExpired.
+        assert first.wait(timeout=15) == 130
+        _, err = first.communicate()
+    finally:
+        hole.close()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == "cloudproxy: error: interrupted"
     status = cli.run("rolling", "status", "--json", **LOCAL)
     assert status.returncode == 0 and status.stderr == ""
     assert json.loads(status.stdout)["status"]["local/default"]["healthy"] == 1
@@ -401,7 +414,7 @@ def test_run_reads_the_environ_it_is_given(cli: Cli, capsys: pytest.CaptureFixtu
     assert "AGE_LIMIT" not in os.environ
     assert run(["config", "show", "--json"], {**cli.env, **LOCAL, "AGE_LIMIT": "77"}) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["settings"]}
-    assert rows["age_limit"]["value"] == "77"
+    assert rows["age_limit"]["value"] == 77
     assert rows["state_file"]["source"] == "env CLOUDPROXY_STATE_FILE"
 
 

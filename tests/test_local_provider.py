@@ -40,6 +40,8 @@ T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def inventory(tmp_path: Path) -> Iterator[Path]:
     with local_proxies_cleaned_up(tmp_path / "state" / "local" / "default") as directory:
+        # The provider makes its directory on the first create; tests write entries before.
+        directory.mkdir(parents=True)
         yield directory
 
 
@@ -397,11 +399,26 @@ def test_a_valid_entry_parses(inventory: Path) -> None:
     assert proxy.created_at.tzinfo == UTC
 
 
-def test_a_vanished_inventory_directory_is_an_error_not_an_empty_list(inventory: Path) -> None:
+def test_a_missing_inventory_directory_holds_no_proxies_and_is_not_created(
+    inventory: Path,
+) -> None:
+    # Listing is a read (`proxies`, a dry run): it must not create the directory. A process
+    # whose inventory vanished stops by itself, so nothing is left unaccounted for.
+    inventory.rmdir()
+    provider = make_provider(inventory)
+    assert provider.list_proxies() == []
+    assert not inventory.exists()
+    provider.create_proxy()
+    assert len(provider.list_proxies()) == 1
+
+
+def test_an_unreadable_inventory_is_an_error_not_an_empty_list(inventory: Path) -> None:
     provider = make_provider(inventory)
     inventory.rmdir()
+    inventory.write_text("not a directory")
     with pytest.raises(ProviderError, match="cannot list"):
         provider.list_proxies()
+    inventory.unlink()
 
 
 def test_a_naive_clock_is_rejected(inventory: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import tomllib
@@ -401,6 +402,7 @@ def load_config(
         path = path.absolute()
         _read_file(path, _parse_toml(path), registry, raw)
     _read_env(environ, registry, raw)
+    raw.warnings.extend(unknown_env_warnings(environ, registry))
 
     instances: dict[str, dict[str, InstanceSettings]] = {}
     for (provider, name), values in sorted(raw.instances.items()):
@@ -508,7 +510,7 @@ def _read_file(
             raw.global_values[key] = value
             raw.origins[key] = note(key)
         elif key != "providers":
-            fail(key, f"unknown setting (known: {', '.join(GLOBAL_SETTINGS)}, [providers])")
+            fail(key, _unknown_key(key, [*GLOBAL_SETTINGS, "providers"]))
     providers = data.get("providers", {})
     if not isinstance(providers, dict):
         fail("providers", "must be a table of [providers.<provider>.<instance>] tables")
@@ -516,7 +518,7 @@ def _read_file(
     for provider, instances in providers.items():
         where = f"providers.{provider}"
         if provider not in registry:
-            fail(where, f"unknown provider (known: {', '.join(sorted(registry))})")
+            fail(where, _unknown_key(provider, sorted(registry), "provider"))
             continue
         if not isinstance(instances, dict):
             fail(where, f"must be a table of [{where}.<instance>] tables")
@@ -537,7 +539,7 @@ def _read_file(
             values = raw.instances.setdefault((provider, name), {})
             for key, value in table.items():
                 if key not in known:
-                    fail(f"{where}.{key}", f"unknown setting (known: {', '.join(known)})")
+                    fail(f"{where}.{key}", _unknown_key(key, list(known)))
                     continue
                 values[key] = value
                 raw.origins[f"{where}.{key}"] = note(f"{where}.{key}")
@@ -592,6 +594,118 @@ def _split_setting(rest: str, settings: list[str]) -> tuple[str, str] | None:
         if rest.endswith("_" + suffix) and len(rest) > len(suffix) + 1:
             return rest[: -len(suffix) - 1].lower(), key
     return None
+
+
+# --- names that are almost ours ----------------------------------------------------------
+
+# Other tools' variables that share a provider prefix: never warned about. boto3 and the AWS
+# CLI read many more AWS_* variables than can be listed, so any other AWS_* name is warned
+# about only when it is close to one of ours (a likely typo).
+FOREIGN_ENV_VARS = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+        "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE",
+        "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME",
+        "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_STS_REGIONAL_ENDPOINTS", "AWS_USE_FIPS_ENDPOINT",
+        "AWS_USE_DUALSTACK_ENDPOINT", "AWS_DEFAULT_OUTPUT", "AWS_PAGER",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_METADATA_SERVICE_TIMEOUT",
+        "AWS_METADATA_SERVICE_NUM_ATTEMPTS",
+        "DIGITALOCEAN_END_POINT",  # python-digitalocean's own endpoint override
+    }
+)  # fmt: skip
+FOREIGN_ENV_PREFIXES = (
+    "AWS_ENDPOINT_URL_", "AWS_EC2_METADATA_", "AWS_CONTAINER_", "AWS_LAMBDA_", "AWS_SDK_",
+    "AWS_CLI_",
+)  # fmt: skip
+_ALWAYS_OURS = ("ROLLING_", "PROXY_", "HEALTH_CHECK_")  # warned about even with no close match
+_CLOSE = 0.8
+
+
+def unknown_env_warnings(
+    environ: Mapping[str, str], registry: Mapping[str, type[InstanceSettings]] | None = None
+) -> list[str]:
+    """Warnings for variables that look like settings but are not, with a "did you mean".
+
+    Covers the global settings' prefixes (``ROLLING_``, ``PROXY_``, ``HEALTH_CHECK_``), names
+    close to a global setting, and provider prefixes (``LOCAL_``, ``AWS_``, ...), themselves
+    matched fuzzily (``DIGITALOCAEN_ENABLED``). Names only: a value is never shown.
+    """
+    registry = PROVIDER_SETTINGS if registry is None else registry
+    found = []
+    for var in sorted(environ):
+        if var != var.upper() or var in FOREIGN_ENV_VARS or var.startswith(FOREIGN_ENV_PREFIXES):
+            continue
+        warning = _global_lookalike(var) or _provider_lookalike(var, registry)
+        if warning is not None:
+            found.append(warning)
+    return found
+
+
+def _unknown_key(key: str, known: list[str], what: str = "setting") -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=_CLOSE)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"unknown {what} ({hint}known: {', '.join(known)})"
+
+
+def _ignored(var: str, suggestion: str | None, known: str = "") -> str:
+    hint = f"did you mean {suggestion}?" if suggestion else f"known: {known}"
+    return f"ignored {var}: not a cloudproxy setting; {hint}"
+
+
+def _global_lookalike(var: str) -> str | None:
+    names = [*(key.upper() for key in GLOBAL_SETTINGS), CONFIG_ENV_VAR]
+    if var in names:
+        return None
+    close = difflib.get_close_matches(var, names, n=1, cutoff=_CLOSE)
+    if var.startswith(_ALWAYS_OURS):
+        family = [n for n in names if n.startswith(var.split("_", 1)[0] + "_")]
+        return _ignored(var, close[0] if close else None, ", ".join(family))
+    # Beyond our own prefixes, only a near-exact name is taken as a typo of ours.
+    close = difflib.get_close_matches(var, names, n=1, cutoff=0.9)
+    return _ignored(var, close[0]) if close else None
+
+
+def _provider_lookalike(var: str, registry: Mapping[str, type[InstanceSettings]]) -> str | None:
+    parts = var.split("_")
+    # The provider may be misspelt or split in two: DIGITALOCAEN_..., DIGITAL_OCEAN_...
+    for taken in (1, 2):
+        head, rest = "".join(parts[:taken]).lower(), "_".join(parts[taken:])
+        provider = (
+            head
+            if head in registry
+            else next(
+                iter(difflib.get_close_matches(head, list(registry), n=1, cutoff=_CLOSE)), None
+            )
+        )
+        if provider is None or not rest:
+            continue
+        exact = var.startswith(provider.upper() + "_")
+        fields = sorted(registry[provider].model_fields, key=len, reverse=True)
+        if exact and _split_setting(rest, fields) is not None:
+            return None  # ours (load_config reads it, or warns about its instance name)
+        suggestion = _closest_setting(provider, rest, fields)
+        if suggestion is not None and suggestion != var:
+            return _ignored(var, suggestion)
+    return None
+
+
+def _closest_setting(provider: str, rest: str, fields: list[str]) -> str | None:
+    """The real variable nearest ``PROVIDER_REST``, keeping any instance part of ``rest``."""
+    prefix = provider.upper() + "_"
+    if _split_setting(rest, fields) is not None:
+        return prefix + rest  # only the provider was misspelt
+    names = [f.upper() for f in fields]
+    words = rest.split("_")
+    candidates = [prefix + n for n in names]
+    # An instance name and a setting, the setting itself close: LOCAL_EU_MIN_SCALNG, but not
+    # GCP_CREDENTIALS_FILE (instance "credentials", FILE ~ SIZE).
+    for cut in range(1, len(words)):
+        tail, instance = "_".join(words[cut:]), "_".join(words[:cut])
+        close = difflib.get_close_matches(tail, names, n=1, cutoff=_CLOSE)
+        candidates += [f"{prefix}{instance}_{n}" for n in close]
+    best = difflib.get_close_matches(prefix + rest, candidates, n=1, cutoff=_CLOSE)
+    return best[0] if best else None
 
 
 # --- errors and display ------------------------------------------------------------------

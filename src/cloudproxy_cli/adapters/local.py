@@ -80,11 +80,8 @@ class LocalProvider:
         self._password = password
         self._boot_delay_s = boot_delay_s
         self._clock = clock
-        try:
-            self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._dir.chmod(0o700)  # mkdir leaves an existing directory's mode alone
-        except OSError as err:
-            raise ProviderError(f"local/{instance}: cannot create {directory}: {err}") from err
+        # The directory is made by the first create_proxy: listing (`proxies`, a dry run) must
+        # leave the disk as it found it, and a missing directory simply holds no proxies.
 
     def list_proxies(self) -> list[Proxy]:
         entries = []
@@ -101,6 +98,7 @@ class LocalProvider:
         if created_at.tzinfo is None:
             raise ValueError("clock must return an aware datetime")
         created_at = created_at.astimezone(UTC)
+        self._make_dir()
         proxy_id = self._new_id()
         # The port is bound here and handed to the child, which holds it (bound, not listening,
         # so connections are refused) through the boot delay: nobody else can take it meanwhile.
@@ -219,6 +217,15 @@ class LocalProvider:
             os.close(pidfd)
             _reap(entry.pid)
 
+    def _make_dir(self) -> None:
+        try:
+            self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._dir.chmod(0o700)  # mkdir leaves an existing directory's mode alone
+        except OSError as err:
+            raise ProviderError(
+                f"local/{self._instance}: cannot create {self._dir}: {err}"
+            ) from err
+
     def _new_id(self) -> str:
         while True:
             proxy_id = f"local-{secrets.token_hex(4)}"
@@ -228,6 +235,8 @@ class LocalProvider:
     def _inventory_files(self) -> list[Path]:
         try:
             names = os.listdir(self._dir)
+        except FileNotFoundError:
+            return []  # no proxy created yet
         except OSError as err:
             raise ProviderError(f"local/{self._instance}: cannot list {self._dir}: {err}") from err
         return [self._dir / n for n in sorted(names) if n.endswith(".json") and n[0] != "."]

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Mapping
+from importlib.metadata import version
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
 from typer.exceptions import TyperException
 
 from cloudproxy_cli.cli import render
+from cloudproxy_cli.cli.completion import completion
 from cloudproxy_cli.cli.config_cmd import config_app
 from cloudproxy_cli.cli.context import Options
 from cloudproxy_cli.cli.exit_codes import EXIT_CODES_HELP, ExitCode
-from cloudproxy_cli.cli.proxies import destroy, proxies
+from cloudproxy_cli.cli.proxies import destroy, proxies_app
 from cloudproxy_cli.cli.reconcile import reconcile
 from cloudproxy_cli.cli.results import CommandResult
 from cloudproxy_cli.cli.rolling import rolling_app
@@ -37,8 +42,13 @@ app = typer.Typer(
         "[bold]cloudproxy rolling status[/bold]; change knobs with "
         "[bold]cloudproxy rolling set[/bold].\n\n" + EXIT_CODES_HELP
     ),
-    epilog="Example: cloudproxy --config cloudproxy.toml.example reconcile",
-    add_completion=False,
+    epilog=(
+        "Example: cloudproxy --config cloudproxy.toml.example reconcile\n\n"
+        "The global options (--config, --state-file, -q, -v) may also follow the command: "
+        "cloudproxy rolling status --config cloudproxy.toml. "
+        "Shell completion: cloudproxy completion bash|zsh|fish|powershell."
+    ),
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -46,8 +56,15 @@ app = typer.Typer(
 app.command()(reconcile)
 app.add_typer(rolling_app, name="rolling")
 app.command()(destroy)
-app.command()(proxies)
+app.add_typer(proxies_app, name="proxies")
 app.add_typer(config_app, name="config")
+app.command()(completion)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cloudproxy {version('cloudproxy-cli')}")
+        raise typer.Exit()
 
 
 @app.callback(invoke_without_command=True)
@@ -73,13 +90,28 @@ def root(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Log only warnings and errors; a run that changed nothing "
+            "prints nothing (for cron).",
+        ),
+    ] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
     ] = False,
 ) -> None:
     render.setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     # run() hands its environment in as ctx.obj; the commands find it in the Options.
     environ = ctx.obj if isinstance(ctx.obj, Mapping) else os.environ
-    ctx.obj = Options(config, state_file, environ)
+    ctx.obj = Options(config, state_file, environ, quiet=quiet and not verbose)
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
 
@@ -111,8 +143,40 @@ def _usage_error(exc: TyperException) -> int:
     return int(getattr(exc, "exit_code", ExitCode.USAGE))
 
 
+# Global options that may also follow the command: run() moves them before it.
+_GLOBAL_FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose"})
+_GLOBAL_VALUED = frozenset({"--config", "--state-file"})
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """``rolling status --config X -q`` -> ``--config X -q rolling status`` (Typer accepts
+    the root's options only before the command). Nothing after ``--`` moves."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg in _GLOBAL_FLAGS or (arg.split("=", 1)[0] in _GLOBAL_VALUED and "=" in arg):
+            front.append(arg)
+        elif arg in _GLOBAL_VALUED:
+            if i + 1 == len(argv):
+                raise UsageError(f"option {arg} requires an argument")
+            front += argv[i : i + 2]
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def _invoke(argv: list[str] | None, environ: Mapping[str, str]) -> int:
-    result = app(args=argv, prog_name="cloudproxy", standalone_mode=False, obj=environ)
+    args = hoist_global_options(sys.argv[1:] if argv is None else list(argv))
+    result = app(args=args, prog_name="cloudproxy", standalone_mode=False, obj=environ)
+    if result == ExitCode.INTERRUPTED:
+        raise KeyboardInterrupt  # Typer turns Ctrl-C into a silent Exit(130): say so
     if isinstance(result, CommandResult):
         return int(render.emit(result))
     # --help and the like: click returns their exit code.
@@ -135,8 +199,13 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None)
         _error(str(exc))
         return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
     except KeyboardInterrupt:
+        _disarm()
         _error("interrupted")
-        return 130
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # The reader (`| head`) has all it wanted: not an error.
+        _discard_stdout()
+        return ExitCode.OK
     except Exception as exc:  # a bug: say so in one line; CLOUDPROXY_DEBUG=1 shows the traceback
         if env.get("CLOUDPROXY_DEBUG"):
             raise
@@ -144,8 +213,54 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None)
         return ExitCode.FAILURE
 
 
+# --- the process: Ctrl-C and closed pipes ----------------------------------------------------
+
+_INTERRUPT_GRACE_S = 1.0
+_interrupted = threading.Event()
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    """Unwind as usual (the lock is released, actions taken are recorded); if unwinding hangs,
+    e.g. waiting for probe threads stuck in a long timeout, leave anyway after a second. Only
+    reads happen while probing, and every save is an atomic rename: nothing is half-written."""
+    if _interrupted.is_set():
+        return  # a second Ctrl-C: the first is already on its way out
+    _interrupted.set()
+    signal.signal(signal.SIGALRM, _leave_now)
+    signal.setitimer(signal.ITIMER_REAL, _INTERRUPT_GRACE_S)
+    raise KeyboardInterrupt
+
+
+def _leave_now(signum: int, frame: FrameType | None) -> None:
+    _error("interrupted")
+    os._exit(ExitCode.INTERRUPTED)
+
+
+def _disarm() -> None:
+    if _interrupted.is_set():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _discard_stdout() -> None:
+    """Point a real process's stdout at /dev/null, so that the final flush cannot fail again."""
+    if sys.stdout is not sys.__stdout__ or sys.__stdout__ is None:
+        return  # in-process (tests): the stream is not ours to replace
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.__stdout__.fileno())
+    os.close(devnull)
+
+
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    signal.signal(signal.SIGINT, _on_sigint)
+    code = run(sys.argv[1:])
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+    if code == ExitCode.INTERRUPTED:
+        sys.stderr.flush()
+        os._exit(code)  # no waiting at exit for threads that are still stuck
+    sys.exit(code)
 
 
 if __name__ == "__main__":

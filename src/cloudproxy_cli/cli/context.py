@@ -25,6 +25,7 @@ class Options:
     config: Path | None
     state_file: Path | None
     environ: Mapping[str, str]
+    quiet: bool = False  # -q: only warnings and errors on stderr; nothing when nothing changed
 
     def load_config(self) -> LoadedConfig:
         from cloudproxy_cli.config import load_config

@@ -16,10 +16,14 @@ class ExitCode(IntEnum):
     # fewer healthy (plus booting) proxies than the effective minimum. Failure (1) and
     # partial (3) take precedence over it.
     DEGRADED = 6
+    INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report 128 + SIGINT
+    # `reconcile --dry-run --detailed-exitcode` with a non-empty plan, like `terraform plan`.
+    CHANGES_PENDING = 2
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 failure, 2 usage error, 3 partial (some instance failed), "
     "4 configuration error, 5 another run holds the lock, "
-    "6 degraded (a rollout stalled, or too few healthy proxies)."
+    "6 degraded (a rollout stalled, or too few healthy proxies), 130 interrupted. "
+    "With reconcile --dry-run --detailed-exitcode: 0 no changes, 2 changes pending."
 )

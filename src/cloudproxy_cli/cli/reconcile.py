@@ -10,6 +10,7 @@ import typer
 
 from cloudproxy_cli.cli.context import options, warn
 from cloudproxy_cli.cli.results import ReconcileResult
+from cloudproxy_cli.core.errors import UsageError
 
 if TYPE_CHECKING:
     from cloudproxy_cli.adapters.state_file import StateFile
@@ -32,6 +33,14 @@ def reconcile(
     instance: Annotated[
         str | None, typer.Option("--instance", help="Only this provider instance (e.g. default).")
     ] = None,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exitcode",
+            help="With --dry-run: exit 0 when there is nothing to do, 2 when changes are "
+            "pending (like terraform plan).",
+        ),
+    ] = False,
 ) -> ReconcileResult:
     """Run once: keep each provider instance at MIN_SCALING and recycle aged proxies.
 
@@ -40,11 +49,13 @@ def reconcile(
 
     [bold]* * * * * cloudproxy --quiet reconcile[/bold]
 
-    Examples: [bold]cloudproxy reconcile --dry-run[/bold] ·
+    Examples: [bold]cloudproxy reconcile --dry-run --detailed-exitcode[/bold] ·
     [bold]cloudproxy reconcile --provider local --json[/bold]
     """
     from cloudproxy_cli.app.wiring import build_runtimes, make_prober, select_instances
 
+    if detailed_exitcode and not dry_run:
+        raise UsageError("--detailed-exitcode needs --dry-run")
     opts = options(ctx)
     loaded = opts.load_config()
     chosen = select_instances(loaded.settings, provider, instance)  # fail fast on a bad filter
@@ -65,7 +76,7 @@ def reconcile(
         if close is not None:
             close()
     policies = {str(r.key): r.policy for r in runtimes}
-    return ReconcileResult(report, policies, as_json=as_json)
+    return ReconcileResult(report, policies, detailed_exitcode, as_json=as_json, quiet=opts.quiet)
 
 
 def _run(

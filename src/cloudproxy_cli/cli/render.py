@@ -28,25 +28,44 @@ if TYPE_CHECKING:
     from cloudproxy_cli.core.policy import EffectiveRolling, InstancePolicy
 
 
+# Every JSON document the CLI prints starts with this; bumped when a key changes meaning or goes.
+SCHEMA_VERSION = 1
+
+
 def console() -> Console:
     """A console on the current ``sys.stdout`` (made per result: tests swap the stream)."""
     # Rich honours NO_COLOR itself. Off a terminal (cron, pipes) lines must not be wrapped,
-    # unless COLUMNS asks for a width: then it is honoured on and off a terminal.
+    # unless COLUMNS asks for a width: then it is the width everywhere (Rich reads it only on
+    # a terminal). Text meant to be copied whole (URLs) is printed with soft_wrap itself.
     tty = sys.stdout.isatty()
-    columns = os.environ.get("COLUMNS", "")
-    width = int(columns) if columns.isdigit() and int(columns) > 0 else None
+    width = _columns()
     return Console(
         file=sys.stdout, highlight=False, markup=False, soft_wrap=not tty and width is None,
         width=width or (None if tty else 200),
     )  # fmt: skip
 
 
+def _columns() -> int | None:
+    text = os.environ.get("COLUMNS", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _fits(out: Console, table: Table) -> bool:
+    """Whether ``table`` fits the console's width with no cell wrapped or cut."""
+    # Measured unconstrained: Rich clamps a table's measurement to the width it is given.
+    unbounded = out.options.update_width(1_000_000)
+    return Measurement.get(out, unbounded, table).maximum <= out.width
+
+
 def emit(result: CommandResult) -> ExitCode:
     """Print a command's result (its JSON document, or its text) and return its exit code."""
     if result.as_json:
-        print_json(result.document())
+        print_json({"schema_version": SCHEMA_VERSION, **result.document()})
     else:
         result.render(console())
+    if not result.quiet:
+        for line in result.notes():
+            sys.stderr.write(line + "\n")
     return result.exit_code
 
 
@@ -301,21 +320,53 @@ def proxy_rows(
 
 
 def print_proxies(out: Console, rows: list[dict[str, Any]]) -> None:
-    table = Table(show_edge=False)
-    for column in ("instance", "url", "state", "age", "id", "reason"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(r["instance"], r["url"] or "(no address yet)", r["state"],
-                      _age(r["age_s"]), r["id"], r["reason"] or "")  # fmt: skip
-    out.print(table)
+    """A table; on a terminal too narrow for it, two lines a proxy, the URL alone on the second
+    (never cut or wrapped: it is meant to be copied)."""
     if not rows:
         out.print("no proxies")
+        return
+    cells = [
+        (r["instance"], r["url"] or "(no address yet)", r["state"], _age(r["age_s"]), r["id"],
+         r["reason"] or "")
+        for r in rows
+    ]  # fmt: skip
+    table = _table(("instance", "url", "state", "age", "id", "reason"), cells)
+    if _fits(out, table):
+        out.print(table)
+        return
+    for instance, url, state, age, proxy_id, reason in cells:
+        out.print(f"{instance}  {proxy_id}  {state}  {age}", soft_wrap=True)
+        out.print(f"  {url}", soft_wrap=True)
+        if reason:
+            out.print(f"  {reason}", soft_wrap=True)
 
 
 def print_config(out: Console, rows: list[tuple[str, str, str]]) -> None:
-    table = Table(show_edge=False)
-    for column in ("setting", "value", "source"):
-        table.add_column(column)
+    """A table; on a terminal too narrow for it, ``name = value  (source)``, split over lines
+    where that is still too wide (a value is never cut or wrapped)."""
+    table = _table(("setting", "value", "source"), rows)
+    if _fits(out, table):
+        out.print(table)
+        return
     for name, value, source in rows:
-        table.add_row(name, value, source)
-    out.print(table)
+        for line in _setting_lines(name, value, source, out.width):
+            out.print(line, soft_wrap=True)
+
+
+def _setting_lines(name: str, value: str, source: str, width: int) -> list[str]:
+    one = f"{name} = {value}  ({source})"
+    if len(one) <= width:
+        return [one]
+    head = f"{name} = {value}"
+    if len(head) <= width:
+        return [head, f"    ({source})"]
+    return [f"{name} =", f"    {value}", f"    ({source})"]
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    table = Table(show_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table

@@ -12,6 +12,8 @@ from cloudproxy_cli.cli.exit_codes import ExitCode
 from cloudproxy_cli.core.phase import degraded_reasons
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.console import Console
 
     from cloudproxy_cli.app.service import DestroyReport, RunReport
@@ -24,6 +26,7 @@ class CommandResult(ABC):
     ``render()``) and ``run`` exits with ``exit_code``; commands decide no exit code."""
 
     as_json: bool = False
+    quiet: bool = False  # --quiet: no notes, and no text at all when there is nothing to say
 
     @property
     def exit_code(self) -> ExitCode:
@@ -31,6 +34,10 @@ class CommandResult(ABC):
 
     @abstractmethod
     def render(self, out: Console) -> None: ...
+
+    def notes(self) -> list[str]:
+        """Lines for stderr after the result (a summary, a hint); ``--quiet`` drops them."""
+        return []
 
     def document(self) -> Any:
         # Only commands with a --json option set as_json; the others never get here.
@@ -41,6 +48,7 @@ class CommandResult(ABC):
 class ReconcileResult(CommandResult):
     report: RunReport
     policies: dict[str, InstancePolicy]
+    detailed_exitcode: bool = False  # exit 2 when a dry run plans changes (terraform plan's -d)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -50,6 +58,9 @@ class ReconcileResult(CommandResult):
             return ExitCode.FAILURE  # no instance could even be listed
         if any(i.failed for i in instances):
             return ExitCode.PARTIAL
+        summary = self.summary()
+        if self.detailed_exitcode and summary["create"] + summary["delete"]:
+            return ExitCode.CHANGES_PENDING
         return ExitCode.DEGRADED if self.degraded() else ExitCode.OK
 
     def degraded(self) -> dict[str, tuple[str, ...]]:
@@ -61,22 +72,63 @@ class ReconcileResult(CommandResult):
         }
         return {key: reasons for key, reasons in found.items() if reasons}
 
+    def summary(self) -> dict[str, int]:
+        """Actions planned (dry run) or done, deferrals, and failures (actions and instances)."""
+        counts = {"create": 0, "delete": 0, "deferred": 0, "failed": 0}
+        for inst in self.report.instances:
+            counts["failed"] += inst.error is not None
+            if inst.plan is None:
+                continue
+            counts["deferred"] += len(inst.plan.deferrals)
+            if self.report.dry_run:
+                counts["create"] += len(inst.plan.creates)
+                counts["delete"] += len(inst.plan.deletes)
+                continue
+            for outcome in inst.outcomes:
+                verb = "create" if outcome.created is not None else "delete"
+                counts[verb if outcome.ok else "failed"] += 1
+        return counts
+
+    def _quiet_run(self) -> bool:
+        """Nothing was (or would be) done and nothing failed: cron's --quiet prints nothing."""
+        s = self.summary()
+        return self.quiet and not (s["create"] or s["delete"] or s["failed"])
+
     def render(self, out: Console) -> None:
-        render.print_run(out, self.report, self.policies)
+        if not self._quiet_run():
+            render.print_run(out, self.report, self.policies)
+        # Degraded is never noise, not even under --quiet: the pool is below what it should be.
         for key, reasons in self.degraded().items():
             for reason in reasons:
                 out.print(f"{key}: degraded: {reason}")
 
+    def notes(self) -> list[str]:
+        if not self.report.dry_run:
+            return []
+        s = self.summary()
+        line = (
+            f"dry run: {s['create']} to create, {s['delete']} to delete, {s['deferred']} deferred"
+        )
+        return [line + (f", {s['failed']} failed" if s["failed"] else "")]
+
     def document(self) -> Any:
-        return run_document(self.report, self.policies, int(self.exit_code), self.degraded())
+        doc = run_document(self.report, self.policies, int(self.exit_code), self.degraded())
+        doc["summary"] = self.summary()
+        return doc
 
 
 @dataclass(frozen=True)
 class StatusResult(CommandResult):
     doc: dict[str, Any]
+    missing_state: Path | None = None  # the state file, when no run has written it yet
 
     def render(self, out: Console) -> None:
         render.print_status(out, self.doc)
+
+    def notes(self) -> list[str]:
+        if self.missing_state is None:
+            return []
+        return [f"no state file at {self.missing_state} yet: run `cloudproxy reconcile` first"]
 
     def document(self) -> Any:
         return self.doc
@@ -87,9 +139,23 @@ class RollingConfigResult(CommandResult):
     """The rolling knobs in force after `rolling set` or `rolling reset`."""
 
     rolling: EffectiveRolling
+    warnings: list[str] = field(default_factory=list)
 
     def render(self, out: Console) -> None:
         render.print_rolling_config(out, self.rolling)
+
+    def document(self) -> Any:
+        p = self.rolling.policy
+        return {
+            "config": {
+                "enabled": p.enabled,
+                "min_available": p.min_available,
+                "batch_size": p.batch_size,
+                "strategy": str(p.strategy),
+                "sources": self.rolling.sources,
+            },
+            "warnings": self.warnings,
+        }
 
 
 @dataclass(frozen=True)
@@ -103,6 +169,16 @@ class DestroyResult(CommandResult):
             "the next reconcile creates its replacement."
         )
 
+    def document(self) -> Any:
+        proxy = self.report.proxy
+        return {
+            "destroyed": {
+                "instance": str(self.report.key),
+                "id": proxy.id,
+                "address": proxy.address,
+            }
+        }
+
 
 @dataclass(frozen=True)
 class ProxiesResult(CommandResult):
@@ -111,6 +187,7 @@ class ProxiesResult(CommandResult):
     rows: list[dict[str, Any]]
     instances: int
     errors: list[str] = field(default_factory=list)
+    plain: bool = False  # --plain: the URLs alone, one per line
 
     @property
     def exit_code(self) -> ExitCode:
@@ -119,18 +196,57 @@ class ProxiesResult(CommandResult):
         return ExitCode.PARTIAL if len(self.errors) < self.instances else ExitCode.FAILURE
 
     def render(self, out: Console) -> None:
-        render.print_proxies(out, self.rows)
+        if self.plain:
+            out.file.write("".join(f"{r['url']}\n" for r in self.rows if r["url"]))
+        else:
+            render.print_proxies(out, self.rows)
 
     def document(self) -> Any:
         return {"proxies": self.rows, "errors": self.errors}
 
 
 @dataclass(frozen=True)
+class SettingRow:
+    """One line of `config show`: the value as text (secrets masked), its source, and the
+    value for JSON (int, float, bool, null for unset, text otherwise; secrets masked)."""
+
+    name: str
+    value: str
+    source: str
+    typed: object
+
+
+@dataclass(frozen=True)
 class ConfigResult(CommandResult):
-    rows: list[tuple[str, str, str]]  # name, value (secrets masked), source
+    rows: list[SettingRow]
 
     def render(self, out: Console) -> None:
-        render.print_config(out, self.rows)
+        render.print_config(out, [(r.name, r.value, r.source) for r in self.rows])
 
     def document(self) -> Any:
-        return {"settings": [{"name": n, "value": v, "source": s} for n, v, s in self.rows]}
+        return {
+            "settings": [{"name": r.name, "value": r.typed, "source": r.source} for r in self.rows]
+        }
+
+
+@dataclass(frozen=True)
+class TextResult(CommandResult):
+    """Text printed exactly as it is: never wrapped, styled or cut (scripts, URL lists)."""
+
+    text: str
+
+    def render(self, out: Console) -> None:
+        out.file.write(self.text)
+
+
+@dataclass(frozen=True)
+class RandomProxyResult(CommandResult):
+    """`proxies random`: one healthy proxy."""
+
+    row: dict[str, Any]
+
+    def render(self, out: Console) -> None:
+        out.file.write(f"{self.row['url']}\n")
+
+    def document(self) -> Any:
+        return {"proxy": self.row}

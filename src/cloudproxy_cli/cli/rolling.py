@@ -8,15 +8,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cloudproxy_cli.cli.context import Options, now, options, warn
 from cloudproxy_cli.cli.results import RollingConfigResult, StatusResult
 from cloudproxy_cli.core.errors import UsageError
-from cloudproxy_cli.core.policy import Strategy
+from cloudproxy_cli.core.policy import RollingPolicy, Strategy
 from cloudproxy_cli.core.state import RollingOverrides, State
+
+if TYPE_CHECKING:
+    from cloudproxy_cli.config import LoadedConfig
 
 rolling_app = typer.Typer(
     help="Rolling deployments: see and change how aged proxies are recycled.",
@@ -86,6 +89,7 @@ def rolling_status(
 
     result = store.load()
     warn(result.warning)
+    missing = None if store.path.exists() else store.path
     doc = document(result.state)
     if wait:
         from cloudproxy_cli.cli.wait import wait_for_rollout
@@ -93,16 +97,16 @@ def rolling_status(
         doc = wait_for_rollout(
             doc, store, document, timeout=timeout, interval=interval, as_json=as_json
         )
-    return StatusResult(doc, as_json=as_json)
+    return StatusResult(doc, missing, as_json=as_json, quiet=opts.quiet)
 
 
 @rolling_app.command("set")
 def rolling_set(
     ctx: typer.Context,
-    enable: Annotated[
-        bool | None,
-        typer.Option("--enable/--disable", help="Turn rolling deployment on or off."),
-    ] = None,
+    enable: Annotated[bool, typer.Option("--enable", help="Turn rolling deployment on.")] = False,
+    disable: Annotated[
+        bool, typer.Option("--disable", help="Turn rolling deployment off.")
+    ] = False,
     min_available: Annotated[
         int | None,
         typer.Option(
@@ -120,6 +124,7 @@ def rolling_set(
             help="replace: delete, then create. surge: create first, delete once healthy.",
         ),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> RollingConfigResult:
     """Change rolling-deployment settings; they win over env and TOML until `rolling reset`.
 
@@ -127,8 +132,10 @@ def rolling_set(
 
     Example: [bold]cloudproxy rolling set --enable --batch-size 3[/bold]
     """
+    if enable and disable:
+        raise UsageError("--enable and --disable contradict each other: give one")
     changes: dict[str, Any] = {
-        "enabled": enable,
+        "enabled": True if enable else False if disable else None,
         "min_available": min_available,
         "batch_size": batch_size,
         "strategy": None if strategy is None else str(strategy),
@@ -138,22 +145,54 @@ def rolling_set(
         raise UsageError(
             "nothing to set: give --enable/--disable, --min-available, --batch-size or --strategy"
         )
-    return _update(options(ctx), lambda s: replace(s, overrides=replace(s.overrides, **changes)))
+    return _update(
+        options(ctx),
+        lambda s: replace(s, overrides=replace(s.overrides, **changes)),
+        as_json=as_json,
+        check_clamp=min_available is not None,
+    )
 
 
 @rolling_app.command("reset")
-def rolling_reset(ctx: typer.Context) -> RollingConfigResult:
+def rolling_reset(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> RollingConfigResult:
     """Forget every `rolling set` value: env and TOML apply again.
 
     Example: [bold]cloudproxy rolling reset[/bold]
     """
-    return _update(options(ctx), lambda s: replace(s, overrides=RollingOverrides()))
+    return _update(
+        options(ctx), lambda s: replace(s, overrides=RollingOverrides()), as_json=as_json
+    )
 
 
-def _update(opts: Options, change: Callable[[State], State]) -> RollingConfigResult:
+def _update(
+    opts: Options, change: Callable[[State], State], *, as_json: bool, check_clamp: bool = False
+) -> RollingConfigResult:
     """Apply ``change`` to the state under the lock (config validated first)."""
     from cloudproxy_cli.app.wiring import effective_rolling
 
     loaded = opts.load_config()
     state = opts.store().update(change, on_warning=warn)
-    return RollingConfigResult(effective_rolling(loaded, state.overrides))
+    rolling = effective_rolling(loaded, state.overrides)
+    warnings = _clamped(loaded, rolling.policy) if check_clamp else []
+    for warning in warnings:
+        warn(warning)
+    return RollingConfigResult(rolling, warnings, as_json=as_json)
+
+
+def _clamped(loaded: LoadedConfig, policy: RollingPolicy) -> list[str]:
+    """Where the minimum in force is lowered: not below MIN_SCALING, or nothing could recycle."""
+    from cloudproxy_cli.core.policy import InstancePolicy
+
+    found = []
+    for provider, name, inst in loaded.settings.enabled_instances():
+        effective = InstancePolicy(policy, inst.min_scaling).effective_min_available()
+        if effective != policy.min_available:
+            found.append(
+                f"min-available {policy.min_available} is not below MIN_SCALING "
+                f"{inst.min_scaling} of {provider}/{name}: it recycles keeping {effective} "
+                "available (MIN_SCALING - 1)"
+            )
+    return found
