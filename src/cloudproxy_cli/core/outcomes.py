@@ -50,6 +50,7 @@ def apply_outcomes(
         records=records,
         operations=tuple(ops.values()),
         firewall_id=plan.next_state.firewall_id,
+        firewall_checked_at=plan.next_state.firewall_checked_at,
     )
     snapshot = plan.next_state.snapshot
     if update_snapshot:

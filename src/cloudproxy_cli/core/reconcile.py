@@ -114,6 +114,7 @@ def reconcile(
             operations=still_open,
             snapshot=state.snapshot,
             firewall_id=state.firewall_id,
+            firewall_checked_at=state.firewall_checked_at,
         ),
         warnings=tuple(run.warnings),
         log=tuple(run.log),

@@ -98,6 +98,8 @@ class InstanceState:
     operations: tuple[RecycleOperation, ...] = ()
     snapshot: InstanceSnapshot | None = None
     firewall_id: str | None = None  # what the adapter's ensure_firewall returned last
+    # When ensure_firewall last succeeded (see core.firewall); absent in older files.
+    firewall_checked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +229,7 @@ def encode_state(state: State) -> dict[str, Any]:
             ],
             "snapshot": None if inst.snapshot is None else encode_snapshot(inst.snapshot),
             "firewall_id": inst.firewall_id,
+            "firewall_checked_at": _ts(inst.firewall_checked_at),
         }
     o = state.overrides
     return {
@@ -287,6 +290,7 @@ def decode_state(doc: Any) -> State:
                 operations=operations,
                 snapshot=None if snap is None else decode_snapshot(snap),
                 firewall_id=inst.get("firewall_id"),
+                firewall_checked_at=_parse_ts(inst.get("firewall_checked_at")),
             )
         return State(instances=instances, overrides=overrides)
     except StateFormatError:
