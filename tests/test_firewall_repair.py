@@ -69,26 +69,31 @@ class View:
         self.standin.fail_next("firewall", 403, skip=1)
 
 
-class DigitalOceanView(View):
-    name = "digitalocean"
+class ByName(View):
+    """A stand-in that keeps firewalls by id, each with its ``name`` and a list of rules."""
 
-    def _firewalls(self) -> dict[str, dict[str, Any]]:
-        firewalls: dict[str, dict[str, Any]] = self.standin.accounts[
-            self.standin.tokens[0]
-        ].firewalls
-        return firewalls
+    rules_key: str  # where a firewall keeps its rules
+    port_key: str  # where a rule keeps its ports
+
+    def _firewalls(self) -> dict[Any, dict[str, Any]]:
+        raise NotImplementedError
 
     def _ours(self) -> dict[str, Any] | None:
         return next((f for f in self._firewalls().values() if f["name"] == NAME), None)
+
+    @staticmethod
+    def sources(rule: dict[str, Any]) -> list[str]:
+        """The addresses an inbound rule admits (none for an outbound one)."""
+        raise NotImplementedError
 
     def rules(self) -> set[Rule] | None:
         ours = self._ours()
         if ours is None:
             return None
         return {
-            (r["protocol"], r["ports"], cidr)
-            for r in ours["inbound_rules"]
-            for cidr in r["sources"]["addresses"]
+            (r["protocol"], r[self.port_key], cidr)
+            for r in ours[self.rules_key]
+            for cidr in self.sources(r)
         }
 
     def delete(self) -> None:
@@ -99,7 +104,23 @@ class DigitalOceanView(View):
     def set_port(self, port: int) -> None:
         ours = self._ours()
         assert ours is not None
-        ours["inbound_rules"][0]["ports"] = str(port)
+        ours[self.rules_key][0][self.port_key] = str(port)
+
+
+class DigitalOceanView(ByName):
+    name = "digitalocean"
+    rules_key, port_key = "inbound_rules", "ports"
+
+    def _firewalls(self) -> dict[Any, dict[str, Any]]:
+        firewalls: dict[Any, dict[str, Any]] = self.standin.accounts[
+            self.standin.tokens[0]
+        ].firewalls
+        return firewalls
+
+    @staticmethod
+    def sources(rule: dict[str, Any]) -> list[str]:
+        addresses: list[str] = rule["sources"]["addresses"]
+        return addresses
 
 
 class VultrView(View):
@@ -136,39 +157,21 @@ class VultrView(View):
         self._account().rules[ours][0]["port"] = str(port)
 
 
-class HetznerView(View):
+class HetznerView(ByName):
     name = "hetzner"
+    rules_key, port_key = "rules", "port"
 
     def fail_repair(self) -> None:
         self.standin._failures.add("firewall", Failure(403), skip=1)
 
-    def _firewalls(self) -> dict[int, dict[str, Any]]:
-        firewalls: dict[int, dict[str, Any]] = self.standin.projects["a"].firewalls
+    def _firewalls(self) -> dict[Any, dict[str, Any]]:
+        firewalls: dict[Any, dict[str, Any]] = self.standin.projects["a"].firewalls
         return firewalls
 
-    def _ours(self) -> dict[str, Any] | None:
-        return next((f for f in self._firewalls().values() if f["name"] == NAME), None)
-
-    def rules(self) -> set[Rule] | None:
-        ours = self._ours()
-        if ours is None:
-            return None
-        return {
-            (r["protocol"], r["port"], cidr)
-            for r in ours["rules"]
-            if r["direction"] == "in"
-            for cidr in r["source_ips"]
-        }
-
-    def delete(self) -> None:
-        ours = self._ours()
-        assert ours is not None
-        del self._firewalls()[ours["id"]]
-
-    def set_port(self, port: int) -> None:
-        ours = self._ours()
-        assert ours is not None
-        ours["rules"][0]["port"] = str(port)
+    @staticmethod
+    def sources(rule: dict[str, Any]) -> list[str]:
+        addresses: list[str] = rule["source_ips"] if rule["direction"] == "in" else []
+        return addresses
 
 
 class GcpView(View):
