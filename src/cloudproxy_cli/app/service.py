@@ -163,7 +163,7 @@ def _hourly_check(runtime: InstanceRuntime, firewall: _FirewallStep) -> str | No
         return None
     error = firewall.ensure()
     if error is not None:
-        log.error("Could not check the firewall of %s: %s", runtime.key, error)
+        log.error("%s: %s", runtime.key, error)
     return error
 
 
