@@ -372,10 +372,55 @@ def test_the_security_group_is_created_once_then_found_by_name(standin: AwsStand
     assert standin.requests() == ["firewall"]
 
 
-def test_a_known_security_group_costs_nothing(standin: AwsStandIn) -> None:
+def test_a_known_security_group_costs_one_describe(standin: AwsStandIn) -> None:
     provider = standin.provider()
-    assert provider.ensure_firewall("sg-0123456789abcdef0") == "sg-0123456789abcdef0"
-    assert standin.requests() == []
+    known = provider.ensure_firewall(None)
+    standin.reset_requests()
+    assert provider.ensure_firewall(known) == known
+    assert standin.actions == ["DescribeSecurityGroups"]
+    assert standin.sent[-1]["GroupId.1"] == known
+
+
+def test_a_known_security_group_that_is_gone_is_made_again(standin: AwsStandIn) -> None:
+    provider = standin.provider()
+    known = provider.ensure_firewall(None)
+    assert known is not None
+    standin.backend().delete_security_group(group_id=known)  # deleted in the console
+    standin.reset_requests()
+    again = provider.ensure_firewall(known)
+    assert again is not None and again != known
+    assert standin.actions == [
+        "DescribeSecurityGroups",  # the remembered id: gone
+        "DescribeSecurityGroups",  # by name: gone
+        "CreateSecurityGroup",
+        "AuthorizeSecurityGroupIngress",
+    ]
+    assert standin.firewall(again)["rules"] == [("tcp", PROXY_PORT, PROXY_PORT, "0.0.0.0/0")]
+
+
+def test_a_changed_security_group_keeps_only_our_rule(standin: AwsStandIn) -> None:
+    client = standin.console()
+    known = standin.provider().ensure_firewall(None)
+    assert known is not None
+    client.revoke_security_group_ingress(
+        GroupId=known,
+        IpPermissions=[{"IpProtocol": "tcp", "FromPort": PROXY_PORT, "ToPort": PROXY_PORT,
+                        "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
+    )  # fmt: skip
+    client.authorize_security_group_ingress(
+        GroupId=known,
+        IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                        "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+                        "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}],
+    )  # fmt: skip
+    standin.reset_requests()
+    assert standin.provider().ensure_firewall(known) == known
+    assert standin.actions == [
+        "DescribeSecurityGroups",
+        "AuthorizeSecurityGroupIngress",
+        "RevokeSecurityGroupIngress",
+    ]
+    assert standin.firewall(known)["rules"] == [("tcp", PROXY_PORT, PROXY_PORT, "0.0.0.0/0")]
 
 
 @pytest.mark.parametrize(
@@ -401,8 +446,11 @@ def test_a_group_left_without_its_rule_is_repaired(standin: AwsStandIn) -> None:
 
 def test_a_vanished_security_group_is_firewall_missing(standin: AwsStandIn) -> None:
     provider = standin.provider()
-    provider.ensure_firewall("sg-0deadbeefdeadbeef")
-    with pytest.raises(FirewallMissingError, match=r"^aws/default: security group sg-0deadbeef"):
+    gone = provider.ensure_firewall(None)
+    assert gone is not None
+    standin.backend().delete_security_group(group_id=gone)  # after this run verified it
+    standin.reset_requests()
+    with pytest.raises(FirewallMissingError, match=rf"^aws/default: security group {gone}"):
         provider.create_proxy()
     provider.create_proxy()  # forgot it: sets up a new group and launches
     assert standin.requests().count("firewall") == 3

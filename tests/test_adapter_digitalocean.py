@@ -309,23 +309,75 @@ def test_firewall_is_created_once_then_found_by_name(standin: DigitalOceanStandI
     assert firewall["name"] == "cloudproxy-default"
     assert firewall["tags"] == ["cloudproxy-default"]
     assert firewall["droplet_ids"] == []
+    # Inbound IPv4 only (see allowed_cidrs); out, everything.
     assert firewall["inbound_rules"] == [
-        {"protocol": "tcp", "ports": str(PROXY_PORT),
-         "sources": {"addresses": ["0.0.0.0/0", "::/0"]}},
-    ]  # fmt: skip
+        {"protocol": "tcp", "ports": str(PROXY_PORT), "sources": {"addresses": ["0.0.0.0/0"]}},
+    ]
     everywhere = {"addresses": ["0.0.0.0/0", "::/0"]}
-    assert firewall["outbound_rules"] == [
+    assert firewall["outbound_rules"] == [  # sent as "1-65535"; the API answers "0"
         {"protocol": "tcp", "ports": "0", "destinations": everywhere},
         {"protocol": "udp", "ports": "0", "destinations": everywhere},
     ]
+    (post,) = [b for s, b in standin.firewall_bodies if s == "POST"]
+    assert {r["ports"] for r in post["outbound_rules"]} == {"1-65535"}
 
     standin.reset_requests()
     assert standin.provider().ensure_firewall(None) == first  # another process: by name
     assert standin.requests() == ["firewall"]
     standin.reset_requests()
-    assert standin.provider().ensure_firewall(first) == first
-    assert standin.requests() == []
+    assert standin.provider().ensure_firewall(first) == first  # verified: one GET, no change
+    assert [(s.method, s.path) for s in standin.served()] == [("GET", f"/v2/firewalls/{first}")]
     assert len(standin.firewalls()) == 1
+
+
+@pytest.mark.parametrize("ports", ["0", "65536", "0-80", "80-22", "x"])
+def test_the_standin_refuses_ports_the_api_refuses(
+    standin: DigitalOceanStandIn, ports: str
+) -> None:
+    import requests
+
+    rule = {"protocol": "tcp", "ports": ports, "sources": {"addresses": ["0.0.0.0/0"]}}
+    answer = requests.post(
+        f"{standin.endpoint}firewalls",
+        json={"name": "x", "inbound_rules": [rule], "outbound_rules": []},
+        headers={"Authorization": f"Bearer {standin.tokens[0]}"},
+        timeout=5,
+    )
+    assert answer.status_code == 422, answer.text
+
+
+def test_a_remembered_firewall_that_is_gone_is_made_again(standin: DigitalOceanStandIn) -> None:
+    provider = standin.provider()
+    first = provider.ensure_firewall(None)
+    assert first is not None
+    standin.accounts[standin.tokens[0]].firewalls.clear()  # deleted in the console
+    again = provider.ensure_firewall(first)
+    assert again != first
+    assert [f["id"] for f in standin.firewalls()] == [again]
+
+
+def test_a_changed_firewall_is_rewritten_keeping_its_droplets(
+    standin: DigitalOceanStandIn,
+) -> None:
+    provider = standin.provider()
+    first = provider.ensure_firewall(None)
+    (firewall,) = standin.accounts[standin.tokens[0]].firewalls.values()
+    firewall["inbound_rules"][0]["ports"] = "22"  # changed in the console
+    firewall["inbound_rules"].append(
+        {"protocol": "tcp", "ports": "443", "sources": {"addresses": ["::/0"]}}
+    )
+    firewall["tags"] = []
+    firewall["droplet_ids"] = [42]
+    standin.reset_requests()
+    assert provider.ensure_firewall(first) == first
+    methods = [s.method for s in standin.served()]
+    assert methods == ["GET", "POST", "PUT"]  # read, the tag again, the whole firewall
+    (after,) = standin.firewalls()
+    assert after["inbound_rules"] == [
+        {"protocol": "tcp", "ports": str(PROXY_PORT), "sources": {"addresses": ["0.0.0.0/0"]}},
+    ]
+    assert after["tags"] == ["cloudproxy-default"]
+    assert after["droplet_ids"] == [42]
 
 
 def test_firewall_after_droplets_exist_reuses_their_tag(standin: DigitalOceanStandIn) -> None:
@@ -353,6 +405,13 @@ def test_firewall_admits_only_the_allowed_ip(
     standin.provider(proxy=standin.proxy_settings(allowed)).ensure_firewall(None)
     (firewall,) = standin.firewalls()
     assert firewall["inbound_rules"][0]["sources"] == {"addresses": [source]}
+    standin.reset_requests()
+    # The same settings again: nothing to repair. Others: the rule follows them.
+    standin.provider(proxy=standin.proxy_settings(allowed)).ensure_firewall(firewall["id"])
+    assert [s.method for s in standin.served()] == ["GET"]
+    standin.provider().ensure_firewall(firewall["id"])
+    (firewall,) = standin.firewalls()
+    assert firewall["inbound_rules"][0]["sources"] == {"addresses": ["0.0.0.0/0"]}
 
 
 def test_no_firewall_call_in_list_create_or_delete(standin: DigitalOceanStandIn) -> None:

@@ -340,7 +340,36 @@ def test_firewall_is_created_once_then_found_by_name(standin: GcpStandIn) -> Non
     assert standin.requests() == ["firewall"]
     standin.reset_requests()
     assert gcp.ensure_firewall("cloudproxy-default") == "cloudproxy-default"
-    assert standin.requests() == []
+    assert standin.requests() == ["firewall"]  # verified: one GET, nothing to repair
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"allowed": [{"IPProtocol": "tcp", "ports": ["22"]}]},
+        {"sourceRanges": ["0.0.0.0/0", "::/0"]},
+        {"targetTags": ["web"]},
+        {"disabled": True},
+    ],
+    ids=["port", "sources", "target", "disabled"],
+)
+def test_a_changed_firewall_rule_is_replaced_by_ours(
+    standin: GcpStandIn, change: dict[str, Any]
+) -> None:
+    gcp = provider(standin)
+    name = gcp.ensure_firewall(None)
+    (rule,) = standin.firewalls.values()
+    rule.update(change)  # edited in the console
+    standin.reset_requests()
+    assert gcp.ensure_firewall(name) == name
+    assert [r.method for r in standin.served] == ["GET", "PUT", "POST"]  # read, update, wait
+    (rule,) = standin.firewalls.values()
+    assert (rule["allowed"], rule["sourceRanges"], rule["targetTags"]) == (
+        [{"IPProtocol": "tcp", "ports": ["8899"]}],
+        ["0.0.0.0/0"],
+        ["cloudproxy-default"],
+    )
+    assert not rule.get("disabled")
 
 
 @pytest.mark.parametrize(

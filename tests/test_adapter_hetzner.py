@@ -345,7 +345,7 @@ def test_the_firewall_is_created_once_then_found_by_name(hz: HetznerStandIn) -> 
             "direction": "in",
             "protocol": "tcp",
             "port": "8899",
-            "source_ips": ["0.0.0.0/0", "::/0"],
+            "source_ips": ["0.0.0.0/0"],  # IPv6 is never opened to all (allowed_cidrs)
             "description": "cloudproxy: the proxy port",
         }
     ]
@@ -356,8 +356,11 @@ def test_the_firewall_is_created_once_then_found_by_name(hz: HetznerStandIn) -> 
     assert hz.provider().ensure_firewall(None) == firewall_id
     assert hz.requests() == ["firewall"]
     hz.reset_requests()
-    assert provider.ensure_firewall("12345") == "12345"
-    assert hz.requests() == []
+    assert provider.ensure_firewall(firewall_id) == firewall_id  # verified: one GET
+    assert [(r.method, r.path) for r in hz.log] == [("GET", f"/v1/firewalls/{firewall_id}")]
+    hz.reset_requests()
+    assert provider.ensure_firewall("12345") == firewall_id  # gone: found by name again
+    assert [r.method for r in hz.log] == ["GET", "GET"]
 
 
 def test_the_firewall_reaches_new_servers_by_label_alone(hz: HetznerStandIn) -> None:
@@ -378,13 +381,33 @@ def test_the_firewall_opens_the_port_only_to_the_allowed_ip(hz: HetznerStandIn) 
     assert (rule["port"], rule["source_ips"]) == ("3128", ["203.0.113.7/32"])
 
 
-def test_a_found_firewall_that_misses_the_port_is_reported(
+def test_a_found_firewall_with_another_port_is_repaired(
     hz: HetznerStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
-    hz.provider().ensure_firewall(None)
+    known = hz.provider().ensure_firewall(None)
     moved = ProxySettings(port=3128, username="u", password="p")
-    hz.provider(proxy=moved).ensure_firewall(None)
-    assert "does not open TCP port 3128" in caplog.text
+    hz.reset_requests()
+    assert hz.provider(proxy=moved).ensure_firewall(known) == known
+    assert [r.path.rsplit("/", 1)[-1] for r in hz.log] == [str(known), "set_rules"]
+    assert "repairing it" in caplog.text
+    (firewall,) = hz.projects["a"].firewalls.values()
+    assert [(r["direction"], r["port"], r["source_ips"]) for r in firewall["rules"]] == [
+        ("in", "3128", ["0.0.0.0/0"])
+    ]
+
+
+def test_a_firewall_that_lost_its_selector_gets_it_back(hz: HetznerStandIn) -> None:
+    provider = hz.provider()
+    known = provider.ensure_firewall(None)
+    (firewall,) = hz.projects["a"].firewalls.values()
+    firewall["applied_to"] = []  # removed in the console
+    hz.reset_requests()
+    assert provider.ensure_firewall(known) == known
+    assert [r.path.rsplit("/", 1)[-1] for r in hz.log] == [str(known), "apply_to_resources"]
+    mine = provider.create_proxy()
+    assert hz.server(mine.id)["public_net"]["firewalls"] == [
+        {"id": int(known or 0), "status": "applied"}
+    ]
 
 
 # --- the stand-in's label selectors --------------------------------------------------------

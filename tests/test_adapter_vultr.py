@@ -228,11 +228,13 @@ def test_a_failed_create_says_why_without_user_data(api: VultrStandIn) -> None:
 
 def test_a_vanished_firewall_raises_firewall_missing(api: VultrStandIn) -> None:
     provider = api.provider()
-    assert provider.ensure_firewall("gone-1234") == "gone-1234"
-    assert api.requests() == []  # a known id costs nothing
+    gone = provider.ensure_firewall(None)
+    assert gone is not None
+    api.accounts[TOKENS[0]].firewalls.pop(gone)  # deleted after this run verified it
+    api.reset_requests()
     with pytest.raises(FirewallMissingError) as info:
         provider.create_proxy()
-    assert "gone-1234" in str(info.value)
+    assert gone in str(info.value)
     assert_clean(str(info.value), api)
     # The rest of this run's creates fail the same way without asking the API again.
     with pytest.raises(FirewallMissingError):
@@ -316,8 +318,8 @@ def test_firewall_is_created_once_with_only_the_proxy_port(api: VultrStandIn) ->
     ] == [("v4", "tcp", str(PROXY_PORT), "0.0.0.0", 0)]
 
     api.reset_requests()
-    assert api.provider().ensure_firewall(None) == firewall  # found by name: one call
-    assert api.requests() == ["firewall"]
+    assert api.provider().ensure_firewall(None) == firewall  # found by name, rules read
+    assert api.requests() == ["firewall", "firewall"]
     assert len(api.firewall_groups()) == 1
     assert firewall is not None
     assert len(api.firewall_rules(firewall)) == 1
@@ -335,16 +337,34 @@ def test_firewall_admits_only_the_host_ip_when_set(api: VultrStandIn) -> None:
     )
 
 
-def test_a_known_firewall_costs_no_call(api: VultrStandIn) -> None:
-    assert api.provider().ensure_firewall("fw-known") == "fw-known"
-    assert api.requests() == []
+def test_a_known_firewall_costs_one_read_of_its_rules(api: VultrStandIn) -> None:
+    known = api.provider().ensure_firewall(None)
+    api.reset_requests()
+    assert api.provider().ensure_firewall(known) == known
+    assert [(s.method, s.path) for s in api.served()] == [("GET", f"/v2/firewalls/{known}/rules")]
+
+
+def test_a_changed_group_gets_exactly_its_rule_back(api: VultrStandIn) -> None:
+    provider = api.provider()
+    known = provider.ensure_firewall(None)
+    assert known is not None
+    (rule,) = api.accounts[TOKENS[0]].rules[known]
+    rule["port"] = "22"  # changed in the console, and a rule added there
+    extra = {"id": 999, "port": str(PROXY_PORT), "ip_type": "v6", "subnet": "::"}
+    api.accounts[TOKENS[0]].rules[known].append({**rule, **extra, "subnet_size": 0})
+    api.reset_requests()
+    assert provider.ensure_firewall(known) == known
+    assert [s.method for s in api.served()] == ["GET", "POST", "DELETE", "DELETE"]
+    assert [
+        (r["protocol"], r["port"], r["subnet"], r["subnet_size"]) for r in api.firewall_rules(known)
+    ] == [("tcp", str(PROXY_PORT), "0.0.0.0", 0)]
 
 
 def test_a_group_left_without_its_rule_gets_it(api: VultrStandIn) -> None:
     # A previous run created the group, then failed before adding the rule.
     group = api.add_firewall_group("cloudproxy-default")
     assert api.provider().ensure_firewall(None) == group
-    assert api.requests() == ["firewall", "firewall"]
+    assert api.requests() == ["firewall"] * 3  # list, its rules, the missing rule
     assert len(api.firewall_rules(group)) == 1
 
 

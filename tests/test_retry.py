@@ -266,7 +266,7 @@ def test_vm_names_carry_the_instance_and_fit_the_limit() -> None:
 
 
 def test_allowed_cidrs() -> None:
-    assert allowed_cidrs(None) == ("0.0.0.0/0", "::/0")
-    assert allowed_cidrs(None, open_ipv6=False) == ("0.0.0.0/0",)
+    # IPv6 is never opened to all, for every provider alike (README: rules every adapter shares).
+    assert allowed_cidrs(None) == ("0.0.0.0/0",)
     assert allowed_cidrs("203.0.113.7") == ("203.0.113.7/32",)
-    assert allowed_cidrs("2001:db8::1", open_ipv6=False) == ("2001:db8::1/128",)
+    assert allowed_cidrs("2001:db8::1") == ("2001:db8::1/128",)

@@ -477,21 +477,30 @@ def test_a_proxy_removed_as_surplus_is_not_reported_deferred() -> None:
     assert [d.proxy_id for d in plan.deferrals] == ["p2"]
 
 
-# -- firewall: ensured once, remembered in the state, never touched in steady state ----------
+# -- firewall: verified when creating and hourly, remembered in the state --------------------
 
 
-def test_firewall_is_ensured_only_when_creating_and_remembered() -> None:
+def test_firewall_is_verified_when_creating_and_hourly_and_remembered() -> None:
     h = Harness(policy(min_scaling=2, age_limit_s=0))
-    h.run()  # creates 2: the firewall is looked up and created once
+    h.run()  # creates 2: the firewall is read (missing) and created, once for both creates
     assert h.cloud.firewall_calls == 2
-    assert h.store.state.instance(str(h.key)).firewall_id == "fw-cloudproxy-default"
+    remembered = h.store.state.instance(str(h.key))
+    assert remembered.firewall_id == "fw-cloudproxy-default"
+    assert remembered.firewall_checked_at == h.clock.now()
     h.clock.advance(120)
-    h.run()  # steady state: no create, no firewall call
+    h.run()  # steady state: no create, the hourly check not due: no firewall call
     assert last_plan(h).is_empty and h.cloud.firewall_calls == 2
     h.cloud.vms.pop(sorted(h.ids())[0])  # a VM vanished: the next run creates one
     h.run()
     assert len(last_plan(h).creates) == 1
-    assert h.cloud.firewall_calls == 2, "the remembered firewall id costs no call"
+    assert h.cloud.firewall_calls == 3, "a run that creates verifies the firewall first"
+    h.clock.advance(3599)
+    h.run()
+    assert h.cloud.firewall_calls == 3
+    h.clock.advance(1)
+    h.run()  # an hour after the last check, with nothing to create: checked anyway
+    assert last_plan(h).is_empty and h.cloud.firewall_calls == 4
+    assert h.store.state.instance(str(h.key)).firewall_checked_at == h.clock.now()
 
 
 def test_firewall_failure_fails_the_creates_but_not_the_deletes() -> None:
@@ -508,4 +517,6 @@ def test_firewall_failure_fails_the_creates_but_not_the_deletes() -> None:
         ("DeleteAction", True),
         ("CreateAction", False),
     ]
-    assert outcomes[1].error == "firewall: fake cloud: 403 firewall quota"
+    assert outcomes[1].error == (
+        "firewall: could not verify or repair it: fake cloud: 403 firewall quota"
+    )

@@ -83,6 +83,7 @@ _FIREWALL_ACTIONS = frozenset(
         "DescribeSecurityGroups",
         "CreateSecurityGroup",
         "AuthorizeSecurityGroupIngress",
+        "RevokeSecurityGroupIngress",
         "DeleteSecurityGroup",
     }
 )
@@ -356,6 +357,16 @@ class AwsStandIn:
             if any(vm.id == vm_id for vm in self.backend(name).all_instances()):
                 return name
         raise KeyError(vm_id)
+
+    def console(self, account: str = "a") -> Any:
+        """A plain boto3 EC2 client of ``account``: someone changing things in the console."""
+        from cloudproxy_cli.adapters.aws import make_client
+
+        key = self.key("console", account)
+        return make_client(
+            instance="console", key_id=key.key_id, secret=key.secret, token=None,
+            region=REGION, endpoint=self.endpoint, botocore_session=botocore_session(),
+        )  # fmt: skip
 
     def firewall(self, group_id: str, account: str = "a") -> dict[str, Any]:
         """Security group ``group_id`` as a test wants to see it: name, VPC, tags, rules."""

@@ -43,12 +43,15 @@ MAX_PER_PAGE = 200
 _DROPLETS = re.compile(r"/v2/droplets")
 _DROPLET = re.compile(r"/v2/droplets/([^/]+)")
 _FIREWALLS = re.compile(r"/v2/firewalls")
+_FIREWALL = re.compile(r"/v2/firewalls/([^/]+)")
 _TAGS = re.compile(r"/v2/tags")
 # What the API accepts: tags of letters, digits, ':', '-', '_'; names of hostname characters.
 _TAG_NAME = re.compile(r"[A-Za-z0-9:_-]{1,255}")
 _DROPLET_NAME = re.compile(r"[A-Za-z0-9.-]{1,255}")
 _FIREWALL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}")
-_PORTS = re.compile(r"0|[1-9][0-9]*(-[1-9][0-9]*)?")
+# What a rule's ports may be in a request: one port, a range or "all" (never "0", which the
+# API only answers with, for "all ports").
+_PORTS = re.compile(r"all|([1-9][0-9]*)(?:-([1-9][0-9]*))?")
 
 # DigitalOcean's error ids, by status.
 _ERROR_IDS = {
@@ -139,6 +142,8 @@ class DigitalOceanStandIn:
         self.tokens = tokens
         self.accounts = {token: Account() for token in tokens}
         self.create_bodies: list[dict[str, Any]] = []  # every POST /v2/droplets body, as sent
+        # (method, body) of every firewall POST/PUT that was served, as sent.
+        self.firewall_bodies: list[tuple[str, dict[str, Any]]] = []
         self.sleeps: list[float] = []  # what adapters' retries waited (they never really sleep)
         self.on_boot: Callable[[str, str, str | None], None] | None = None
         self.on_delete: Callable[[str], None] | None = None
@@ -338,6 +343,7 @@ class DigitalOceanStandIn:
             (_DROPLETS, {"GET": self._list_droplets, "POST": self._create_droplet}),
             (_DROPLET, {"GET": self._get_droplet, "DELETE": self._delete_droplet}),
             (_FIREWALLS, {"GET": self._list_firewalls, "POST": self._create_firewall}),
+            (_FIREWALL, {"GET": self._get_firewall, "PUT": self._update_firewall}),
             (_TAGS, {"POST": self._create_tag}),
         ]
         for pattern, handlers in routes:
@@ -402,31 +408,59 @@ class DigitalOceanStandIn:
         return Answer(200, {"firewalls": page, "links": links, "meta": meta})
 
     def _create_firewall(self, account: Account, *, body: dict[str, Any], **_: Any) -> Answer:
+        name = self._firewall_name(account, body)
+        self.firewall_bodies.append(("POST", body))
+        firewall_id = str(uuid.uuid4())
+        firewall: dict[str, Any] = {
+            "id": firewall_id,
+            "status": "waiting",
+            "created_at": _iso(datetime.now(UTC)),
+            "pending_changes": [],
+            **self._firewall_fields(account, name, body),
+        }
+        account.firewalls[firewall_id] = firewall
+        return Answer(202, {"firewall": firewall})
+
+    def _get_firewall(self, account: Account, firewall_id: str, **_: Any) -> Answer:
+        found = account.firewalls.get(firewall_id)
+        if found is None:
+            raise ApiError(404, "The resource you were accessing could not be found.")
+        return Answer(200, {"firewall": found})
+
+    def _update_firewall(
+        self, account: Account, firewall_id: str, *, body: dict[str, Any], **_: Any
+    ) -> Answer:
+        """PUT replaces the whole firewall: what the body leaves out is gone afterwards."""
+        found = account.firewalls.get(firewall_id)
+        if found is None:
+            raise ApiError(404, "The resource you were accessing could not be found.")
+        name = self._firewall_name(account, body, keep=firewall_id)
+        self.firewall_bodies.append(("PUT", body))
+        found.update(self._firewall_fields(account, name, body))
+        return Answer(200, {"firewall": found})
+
+    @staticmethod
+    def _firewall_name(account: Account, body: dict[str, Any], keep: str | None = None) -> str:
         name = body.get("name")
         if not isinstance(name, str) or not _FIREWALL_NAME.fullmatch(name):
             raise ApiError(422, "name is invalid")
-        if any(f["name"] == name for f in account.firewalls.values()):
+        if any(f["name"] == name and i != keep for i, f in account.firewalls.items()):
             raise ApiError(409, "duplicate name")
+        return name
+
+    @staticmethod
+    def _firewall_fields(account: Account, name: str, body: dict[str, Any]) -> dict[str, Any]:
         tags = body.get("tags") or []
         for tag in tags:
             if tag not in account.tags:  # unlike a droplet create, a firewall makes no tags
                 raise ApiError(422, f"tag {tag!r} not found")
-        inbound = _rules(body.get("inbound_rules"), "sources")
-        outbound = _rules(body.get("outbound_rules"), "destinations")
-        firewall_id = str(uuid.uuid4())
-        firewall: dict[str, Any] = {
-            "id": firewall_id,
+        return {
             "name": name,
-            "status": "waiting",
-            "inbound_rules": inbound,
-            "outbound_rules": outbound,
-            "created_at": _iso(datetime.now(UTC)),
+            "inbound_rules": _rules(body.get("inbound_rules"), "sources"),
+            "outbound_rules": _rules(body.get("outbound_rules"), "destinations"),
             "droplet_ids": list(body.get("droplet_ids") or []),
             "tags": list(tags),
-            "pending_changes": [],
         }
-        account.firewalls[firewall_id] = firewall
-        return Answer(202, {"firewall": firewall})
 
     def _create_tag(self, account: Account, *, body: dict[str, Any], **_: Any) -> Answer:
         name = body.get("name")
@@ -532,9 +566,7 @@ def _rules(value: Any, side: str) -> list[dict[str, Any]]:
     for rule in value:
         if not isinstance(rule, dict) or rule.get("protocol") not in {"tcp", "udp", "icmp"}:
             raise ApiError(422, "protocol must be one of tcp, udp, icmp")
-        ports = rule.get("ports")
-        if rule["protocol"] != "icmp" and not (isinstance(ports, str) and _PORTS.fullmatch(ports)):
-            raise ApiError(422, "ports must be a port, a range, or 0 for all ports")
+        ports = _ports(rule) if rule["protocol"] != "icmp" else "0"
         targets = rule.get(side)
         addresses = targets.get("addresses") if isinstance(targets, dict) else None
         if not isinstance(addresses, list) or not addresses:
@@ -544,9 +576,23 @@ def _rules(value: Any, side: str) -> list[dict[str, Any]]:
                 ipaddress.ip_network(str(address), strict=False)
             except ValueError:
                 raise ApiError(422, "invalid address") from None
-        rules.append({"protocol": rule["protocol"], "ports": ports or "0",
+        rules.append({"protocol": rule["protocol"], "ports": ports,
                       side: {"addresses": list(addresses)}})  # fmt: skip
     return rules
+
+
+def _ports(rule: dict[str, Any]) -> str:
+    """A tcp/udp rule's ports as the API stores them: "0" when they are all of them."""
+    ports = rule.get("ports")
+    match = _PORTS.fullmatch(ports) if isinstance(ports, str) else None
+    if match is None or not isinstance(ports, str):
+        raise ApiError(422, "ports must be a port, a range of ports, or all")
+    if ports == "all":
+        return "0"
+    low, high = int(match[1]), int(match[2] or match[1])
+    if not 1 <= low <= high <= 65535:
+        raise ApiError(422, "ports must be within 1-65535")
+    return "0" if (low, high) == (1, 65535) else ports
 
 
 def _json_body(raw: bytes) -> dict[str, Any]:

@@ -58,6 +58,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("POST", "/global/operations/(?P<op>[^/]+)/wait", "wait"),
         ("GET", "/global/firewalls/(?P<name>[^/]+)", "firewall_get"),
         ("POST", "/global/firewalls", "firewall_insert"),
+        ("PUT", "/global/firewalls/(?P<name>[^/]+)", "firewall_update"),
     ]
 ]
 _KINDS: dict[str, Kind] = {
@@ -66,6 +67,7 @@ _KINDS: dict[str, Kind] = {
     "delete": "delete",
     "firewall_get": "firewall",
     "firewall_insert": "firewall",
+    "firewall_update": "firewall",
 }
 _REASONS = {
     400: "invalid",
@@ -443,6 +445,19 @@ class GcpStandIn:
         }
         return op
 
+    def _firewall_update(
+        self, *, project: str, name: str, body: dict[str, Any], **_: Any
+    ) -> dict[str, Any]:
+        """An update replaces the whole rule (what the body leaves out is reset)."""
+        found = self._firewall_get(project=project, name=name)
+        if body.get("name") != name:
+            raise ApiError(400, "Invalid value for field 'resource.name'")
+        target = f"projects/{project}/global/firewalls/{name}"
+        op = self._new_operation(project, None, "update", target)
+        kept = {k: found[k] for k in ("kind", "id", "creationTimestamp", "selfLink")}
+        self.firewalls[(project, name)] = {**body, **kept}
+        return op
+
     # --- helpers -------------------------------------------------------------------------
 
     def _new_operation(
@@ -572,7 +587,7 @@ class _Handler(JsonHandler[GcpStandIn]):
         )
         self.send_json(status, payload, extra)
 
-    do_GET = do_POST = do_DELETE = _serve
+    do_GET = do_POST = do_PUT = do_DELETE = _serve
 
 
 def make_standin(tmp_path: Path) -> GcpStandIn:

@@ -285,6 +285,12 @@ class HetznerStandIn:
                 return self._create_firewall(project, body)
             case "GET", ["firewalls", fid] if fid.isdigit() and int(fid) in project.firewalls:
                 return 200, {}, {"firewall": project.firewalls[int(fid)]}
+            case "POST", ["firewalls", fid, "actions", action] if (
+                fid.isdigit() and int(fid) in project.firewalls
+            ):
+                return self._firewall_action(project, int(fid), action, body)
+            case "GET" | "POST", ["firewalls", fid, *_]:
+                raise ApiError(404, "not_found", f"firewall with ID '{fid}' not found")
         raise ApiError(404, "not_found", f"{method} {path} not found")
 
     def _list(
@@ -391,58 +397,85 @@ class HetznerStandIn:
             raise ApiError(400, "invalid_input", "invalid input in field 'name'")
         if any(f["name"] == body["name"] for f in project.firewalls.values()):
             raise ApiError(409, "uniqueness_error", "firewall name is already used")
-        rules = []
-        for rule in body.get("rules", []):
-            if rule.get("direction") not in {"in", "out"} or rule.get("protocol") not in {
-                "tcp",
-                "udp",
-                "icmp",
-                "esp",
-                "gre",
-            }:
-                raise ApiError(400, "invalid_input", "invalid firewall rule")
-            if rule["protocol"] in {"tcp", "udp"} and not rule.get("port"):
-                raise ApiError(400, "invalid_input", "port is required for tcp and udp rules")
-            if rule["direction"] == "in" and not rule.get("source_ips"):
-                raise ApiError(400, "invalid_input", "source_ips is required for inbound rules")
-            rules.append(
-                {
-                    "direction": rule["direction"],
-                    "protocol": rule["protocol"],
-                    "port": rule.get("port"),
-                    "source_ips": list(rule.get("source_ips", [])),
-                    "destination_ips": list(rule.get("destination_ips", [])),
-                    "description": rule.get("description"),
-                }
-            )
-        applied_to = []
-        for resource in body.get("apply_to", []):
-            if resource.get("type") != "label_selector":
-                raise ApiError(400, "invalid_input", "only label_selector resources are faked")
-            selector = resource["label_selector"]["selector"]
-            parse_selector(selector)
-            applied_to.append(
-                {
-                    "type": "label_selector",
-                    "label_selector": {"selector": selector},
-                    "applied_to_resources": [],
-                }
-            )
         firewall = {
             "id": next(self._ids),
             "name": body["name"],
             "labels": dict(body.get("labels") or {}),
             "created": _now(),
-            "rules": rules,
-            "applied_to": applied_to,
+            "rules": _firewall_rules(body.get("rules", [])),
+            "applied_to": _label_targets(body.get("apply_to", [])),
         }
         project.firewalls[firewall["id"]] = firewall
         for server in project.servers.values():
             _apply_if_selected(firewall, server)
         return 201, {}, {"firewall": firewall, "actions": []}
 
+    def _firewall_action(
+        self, project: Project, firewall_id: int, action: str, body: Any
+    ) -> tuple[int, dict[str, str], Any]:
+        """``set_rules`` (replaces every rule) and ``apply_to_resources`` (adds targets)."""
+        firewall = project.firewalls[firewall_id]
+        body = body if isinstance(body, dict) else {}
+        if action == "set_rules":
+            firewall["rules"] = _firewall_rules(body.get("rules", []))
+        elif action == "apply_to_resources":
+            added = _label_targets(body.get("apply_to", []))
+            firewall["applied_to"].extend(added)
+            for server in project.servers.values():
+                if all(f["id"] != firewall_id for f in server["public_net"]["firewalls"]):
+                    _apply_if_selected({**firewall, "applied_to": added}, server)
+        else:
+            raise ApiError(404, "not_found", f"no firewall action {action}")
+        return 201, {}, {"actions": [_action(action, firewall_id, "firewall")]}
+
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _firewall_rules(given: Any) -> list[dict[str, Any]]:
+    """Rules as the API validates and stores them."""
+    rules = []
+    for rule in given if isinstance(given, list) else []:
+        if rule.get("direction") not in {"in", "out"} or rule.get("protocol") not in {
+            "tcp",
+            "udp",
+            "icmp",
+            "esp",
+            "gre",
+        }:
+            raise ApiError(400, "invalid_input", "invalid firewall rule")
+        if rule["protocol"] in {"tcp", "udp"} and not rule.get("port"):
+            raise ApiError(400, "invalid_input", "port is required for tcp and udp rules")
+        if rule["direction"] == "in" and not rule.get("source_ips"):
+            raise ApiError(400, "invalid_input", "source_ips is required for inbound rules")
+        rules.append(
+            {
+                "direction": rule["direction"],
+                "protocol": rule["protocol"],
+                "port": rule.get("port"),
+                "source_ips": list(rule.get("source_ips", [])),
+                "destination_ips": list(rule.get("destination_ips", [])),
+                "description": rule.get("description"),
+            }
+        )
+    return rules
+
+
+def _label_targets(given: Any) -> list[dict[str, Any]]:
+    applied_to = []
+    for resource in given if isinstance(given, list) else []:
+        if resource.get("type") != "label_selector":
+            raise ApiError(400, "invalid_input", "only label_selector resources are faked")
+        selector = resource["label_selector"]["selector"]
+        parse_selector(selector)
+        applied_to.append(
+            {
+                "type": "label_selector",
+                "label_selector": {"selector": selector},
+                "applied_to_resources": [],
+            }
+        )
+    return applied_to
 
 
 def _classify(method: str, path: str) -> Kind:

@@ -47,6 +47,7 @@ _INSTANCES = re.compile(r"/v2/instances")
 _INSTANCE = re.compile(r"/v2/instances/([^/]+)")
 _FIREWALLS = re.compile(r"/v2/firewalls")
 _RULES = re.compile(r"/v2/firewalls/([^/]+)/rules")
+_RULE = re.compile(r"/v2/firewalls/([^/]+)/rules/([^/]+)")
 
 
 class ApiError(Exception):
@@ -199,6 +200,10 @@ class VultrStandIn:
     def requests(self) -> list[Kind]:
         return self._log.kinds()
 
+    def served(self) -> list[Served]:
+        """Every request since ``reset_requests``, with its method and path."""
+        return self._log.entries()
+
     def reset_requests(self) -> None:
         self._log.clear()
 
@@ -263,6 +268,7 @@ class VultrStandIn:
             (_INSTANCE, {"GET": self._get_instance, "DELETE": self._delete_instance}),
             (_FIREWALLS, {"GET": self._list_firewalls, "POST": self._create_firewall}),
             (_RULES, {"GET": self._list_rules, "POST": self._create_rule}),
+            (_RULE, {"DELETE": self._delete_rule}),
         ]
         for pattern, handlers in routes:
             match = pattern.fullmatch(path)
@@ -373,6 +379,16 @@ class VultrStandIn:
         }
         account.rules[group_id].append(rule)
         return Answer(201, {"firewall_rule": rule})
+
+    def _delete_rule(self, account: Account, group_id: str, rule_id: str, **_: Any) -> Answer:
+        rules = account.rules.get(group_id)
+        if rules is None:
+            raise ApiError(404, "Invalid firewall group.")
+        kept = [r for r in rules if str(r["id"]) != rule_id]
+        if len(kept) == len(rules):
+            raise ApiError(404, "Invalid firewall rule.")
+        account.rules[group_id] = kept
+        return Answer(204)
 
     # --- state ------------------------------------------------------------------------------
 

@@ -133,8 +133,7 @@ class FakeProvider:
             self.cloud.deleted.append(proxy_id)
 
     def ensure_firewall(self, known_id: str | None) -> str | None:
-        if known_id is not None:
-            return known_id
+        """As the adapters: one read always, one more to make it again if it is gone."""
         self.cloud.firewall_calls += 1
         if self.tag not in self.cloud.firewalls:
             self.cloud.firewall_calls += 1

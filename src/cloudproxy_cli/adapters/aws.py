@@ -17,9 +17,11 @@ from cloudproxy_cli.adapters.common import (
     MAX_PAGES,
     TAG,
     Envelope,
+    FirewallRules,
+    Grant,
     ProxySettings,
     Retry,
-    allowed_cidrs,
+    canonical_cidr,
     firewall_name,
     guarded_delete,
     instance_labels,
@@ -270,29 +272,39 @@ class AwsProvider:
             )
 
     def ensure_firewall(self, known_id: str | None) -> str | None:
-        if known_id is not None:
-            self._group_id = known_id
-            return known_id
+        """One DescribeSecurityGroups of the remembered group; found by name or created if
+        gone; stale ingress rules revoked and missing ones authorized."""
         name = firewall_name(self._instance)
-        try:
+        group = None
+        if known_id is not None:
+            group = self._find_group(f"read security group {known_id}", GroupIds=[known_id])
+        if group is None or group.get("GroupName") != name:
             # GroupNames (not a name filter) looks in the default VPC only, where RunInstances
             # without a subnet launches: a same-named group of another VPC would not fit.
-            found = self._call(
-                f"find security group {name}",
-                lambda: self._client.describe_security_groups(GroupNames=[name]),
-                passthrough=_GROUP_GONE,
-            )
-        except _Expected:
+            group = self._find_group(f"find security group {name}", GroupNames=[name])
+        if group is None:
             group_id = self._create_group(name)
         else:
-            group = found["SecurityGroups"][0]
             group_id = str(group["GroupId"])
-            if not self._has_proxy_rule(group):  # e.g. a run that died between create and rule
-                self._authorize(group_id)
+            self._repair_group(group_id, group)
         self._group_id = group_id
         return group_id
 
-    # --- helpers ----------------------------------------------------------------------------
+    # --- the security group -----------------------------------------------------------------
+
+    def _find_group(self, what: str, **query: list[str]) -> dict[str, Any] | None:
+        """The group ``query`` names; ``None`` if it does not exist."""
+        try:
+            found = self._call(
+                what,
+                lambda: self._client.describe_security_groups(**query),
+                passthrough=_GROUP_GONE,
+            )
+        except _Expected:
+            return None
+        groups = found.get("SecurityGroups") or [None]
+        group: dict[str, Any] | None = groups[0]
+        return group
 
     def _create_group(self, name: str) -> str:
         tags = _tag_list(self._instance)
@@ -305,43 +317,41 @@ class AwsProvider:
             ),
         )
         group_id = str(created["GroupId"])
-        self._authorize(group_id)
+        wanted = FirewallRules.for_proxy(self._proxy).grants
+        self._authorize(group_id, [_permission(g) for g in sorted(wanted)])
         return group_id
 
-    def _proxy_rule(self) -> dict[str, Any]:
-        rule: dict[str, Any] = {
-            "IpProtocol": "tcp",
-            "FromPort": self._proxy.port,
-            "ToPort": self._proxy.port,
-        }
-        (cidr,) = allowed_cidrs(self._proxy.allowed_ip, open_ipv6=False)
-        if ipaddress.ip_network(cidr).version == 6:
-            rule["Ipv6Ranges"] = [{"CidrIpv6": cidr}]
-        else:
-            rule["IpRanges"] = [{"CidrIp": cidr}]
-        return rule
+    def _repair_group(self, group_id: str, group: dict[str, Any]) -> None:
+        """Authorize what is missing first (never a moment with the port shut), then revoke
+        every other ingress rule, each exactly as the group holds it."""
+        wanted = FirewallRules.for_proxy(self._proxy).grants
+        present = _ingress(group)
+        missing = sorted(wanted - {grant for grant, _ in present})
+        stale = [permission for grant, permission in present if grant not in wanted]
+        if missing:
+            self._authorize(group_id, [_permission(g) for g in missing])
+        if stale:
+            self._call(
+                f"revoke stale rules of security group {group_id}",
+                lambda: self._client.revoke_security_group_ingress(
+                    GroupId=group_id, IpPermissions=stale
+                ),
+            )
+        if missing or stale:
+            log.warning(
+                "%s: security group %s differed from PROXY_PORT/ONLY_HOST_IP/HOST_IP; repaired "
+                "(%d rule(s) added, %d revoked)", self._name, group_id, len(missing), len(stale),
+            )  # fmt: skip
 
-    def _has_proxy_rule(self, group: dict[str, Any]) -> bool:
-        wanted = self._proxy_rule()
-        ranges_key = "Ipv6Ranges" if "Ipv6Ranges" in wanted else "IpRanges"
-        cidr_key = "CidrIpv6" if ranges_key == "Ipv6Ranges" else "CidrIp"
-        cidr = wanted[ranges_key][0][cidr_key]
-        return any(
-            perm.get("IpProtocol") == "tcp"
-            and perm.get("FromPort") == self._proxy.port
-            and perm.get("ToPort") == self._proxy.port
-            and any(r.get(cidr_key) == cidr for r in perm.get(ranges_key, []))
-            for perm in group.get("IpPermissions", [])
-        )
-
-    def _authorize(self, group_id: str) -> None:
-        rule = self._proxy_rule()
+    def _authorize(self, group_id: str, permissions: list[dict[str, Any]]) -> None:
         self._call(
             f"open port {self._proxy.port} in security group {group_id}",
             lambda: self._client.authorize_security_group_ingress(
-                GroupId=group_id, IpPermissions=[rule]
+                GroupId=group_id, IpPermissions=permissions
             ),
         )
+
+    # --- helpers ----------------------------------------------------------------------------
 
     def _image_id(self) -> str:
         if self._ami is None:
@@ -420,6 +430,41 @@ class AwsProvider:
         gave_up = "; gave up retrying" if _classify(exc) is not None else ""
         detail = f": {message}" if message else ""
         return self._env.error(f"{what} failed ({code}, HTTP {status}){gave_up}{detail}")
+
+
+def _permission(grant: Grant) -> dict[str, Any]:
+    """``grant`` as one EC2 IpPermission."""
+    if ipaddress.ip_network(grant.cidr).version == 6:
+        ranges: dict[str, Any] = {"Ipv6Ranges": [{"CidrIpv6": grant.cidr}]}
+    else:
+        ranges = {"IpRanges": [{"CidrIp": grant.cidr}]}
+    return {"IpProtocol": grant.protocol, "FromPort": grant.low, "ToPort": grant.high, **ranges}
+
+
+# Where an IpPermission names who may connect, and the key of each entry's value.
+_SOURCES = (
+    ("IpRanges", "CidrIp"),
+    ("Ipv6Ranges", "CidrIpv6"),
+    ("UserIdGroupPairs", "GroupId"),
+    ("PrefixListIds", "PrefixListId"),
+)
+
+
+def _ingress(group: dict[str, Any]) -> list[tuple[Grant, dict[str, Any]]]:
+    """Every ingress entry of ``group``: what it grants, and the IpPermission that revokes
+    exactly it (its ports as the group holds them; "-1" is every protocol and port)."""
+    found = []
+    for perm in group.get("IpPermissions", []):
+        ports = {k: perm[k] for k in ("FromPort", "ToPort") if k in perm}
+        base = {"IpProtocol": perm.get("IpProtocol"), **ports}
+        low, high = int(perm.get("FromPort", -1)), int(perm.get("ToPort", -1))
+        for key, field in _SOURCES:
+            for entry in perm.get(key, []):
+                value = str(entry.get(field))
+                cidr = (canonical_cidr(value) if field.startswith("Cidr") else None) or value
+                grant = Grant(str(perm.get("IpProtocol")), low, high, cidr)
+                found.append((grant, {**base, key: [{field: entry.get(field)}]}))
+    return found
 
 
 def _quiet_sdk_logs() -> None:

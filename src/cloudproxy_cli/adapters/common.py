@@ -68,13 +68,66 @@ def owns_labels(
     return tag_value is None or labels.get(TAG) == tag_value
 
 
-def allowed_cidrs(allowed_ip: str | None, *, open_ipv6: bool = True) -> tuple[str, ...]:
-    """Who may reach the proxy port: the one allowed address, else anyone (IPv4, and IPv6 too
-    where the provider takes both in one rule)."""
+def allowed_cidrs(allowed_ip: str | None) -> tuple[str, ...]:
+    """Who may reach the proxy port, the same for every provider: with ONLY_HOST_IP the one
+    address ``allowed_ip`` (``/32``, or ``/128`` for an IPv6 one), else every IPv4 address.
+
+    IPv6 is never opened to everyone: cloudproxy reports, probes and hands out only each VM's
+    IPv4 address, so an open IPv6 rule would only expose the port on an address no client is
+    told about (Hetzner gives every server one)."""
     if allowed_ip is None:
-        return (OPEN_IPV4, OPEN_IPV6) if open_ipv6 else (OPEN_IPV4,)
+        return (OPEN_IPV4,)
     address = ipaddress.ip_address(allowed_ip)
     return (f"{address}/{address.max_prefixlen}",)
+
+
+def canonical_cidr(text: object) -> str | None:
+    """A CIDR as ``ipaddress`` writes it (a bare address is its /32 or /128); ``None`` if it
+    is not one, so that a rule we cannot read counts as stale, never as ours."""
+    try:
+        return str(ipaddress.ip_network(str(text).strip(), strict=False))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Grant:
+    """One thing a firewall lets in: ``protocol`` on ports ``low``..``high`` from ``cidr``."""
+
+    protocol: str
+    low: int
+    high: int
+    cidr: str
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallRules:
+    """What every firewall of ours must let in, and nothing more: TCP ``port`` from
+    ``sources`` (``allowed_cidrs``). Adapters read their firewall's inbound rules as grants and
+    repair it when they differ from ``grants``."""
+
+    port: int
+    sources: tuple[str, ...]
+
+    @classmethod
+    def for_proxy(cls, proxy: ProxySettings) -> FirewallRules:
+        return cls(proxy.port, allowed_cidrs(proxy.allowed_ip))
+
+    @property
+    def grants(self) -> frozenset[Grant]:
+        return frozenset(Grant("tcp", self.port, self.port, cidr) for cidr in self.sources)
+
+    def holds(self, present: Iterable[Grant]) -> bool:
+        """Whether ``present`` is exactly what we want (no grant missing, none stale)."""
+        return frozenset(present) == self.grants
+
+
+def port_range(text: object) -> tuple[int, int] | None:
+    """``"8899"`` or ``"8000-9000"`` as (low, high); ``None`` for anything else."""
+    low, _, high = str(text).strip().partition("-")
+    if not low.isdigit() or (high and not high.isdigit()):
+        return None
+    return int(low), int(high or low)
 
 
 @dataclass(frozen=True, slots=True)

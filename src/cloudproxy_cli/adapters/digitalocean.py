@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from functools import partial
@@ -20,14 +20,17 @@ from cloudproxy_cli.adapters.common import (
     OPEN_IPV6,
     TAG,
     Envelope,
+    FirewallRules,
+    Grant,
     HttpError,
     ProxySettings,
-    allowed_cidrs,
+    canonical_cidr,
     firewall_name,
     guarded_delete,
     instance_tag,
     owns_tags,
     paginate,
+    port_range,
     utc_datetime,
     vm_name,
 )
@@ -46,6 +49,8 @@ ENDPOINT_ENV = "DIGITALOCEAN_END_POINT"
 PAGE_SIZE = 200  # the API's maximum: one page for any sane pool
 # Created only if missing, and DigitalOcean may answer either for a tag that exists.
 _TAG_EXISTS = frozenset({409, 422})
+_ALL_PORTS = "1-65535"
+_FIREWALL_ID = re.compile(r"[0-9a-fA-F-]{1,64}")  # a UUID
 
 
 def _request_timeout() -> tuple[float, float]:
@@ -200,54 +205,113 @@ class DigitalOceanProvider:
         )
 
     def ensure_firewall(self, known_id: str | None) -> str | None:
-        if known_id is not None:
-            # The firewall applies by tag, so no create ever names it: nothing to check here.
-            return known_id
+        """One GET of the remembered firewall; found by name (a list) or created if gone, and
+        rewritten (one PUT) if its rules or tag differ from ours."""
+        found = self._read_firewall(known_id) if known_id else None
+        if found is None:
+            name = firewall_name(self._instance)
+            pages = self._pages("firewalls", "firewalls", "list firewalls")
+            found = next((f for f in pages if f.get("name") == name and f.get("id")), None)
+        if found is None:
+            return self._create_firewall()
+        if not self._firewall_ok(found):
+            self._repair_firewall(found)
+        return str(found["id"])
+
+    # --- firewall ---------------------------------------------------------------------------
+
+    def _read_firewall(self, firewall_id: str) -> dict[str, Any] | None:
+        """Our firewall ``firewall_id``; ``None`` if it is gone (or is not ours by name)."""
         import digitalocean
 
-        name = firewall_name(self._instance)
-        for firewall in self._pages("firewalls", "firewalls", "list firewalls"):
-            if firewall.get("name") == name and firewall.get("id"):
-                return str(firewall["id"])
-        # DigitalOcean refuses a firewall naming a tag that does not exist yet; a droplet
-        # create would make it, but the first create of a new account comes after this call.
+        if not _FIREWALL_ID.fullmatch(firewall_id):  # also keeps any other path out of the URL
+            return None
+        manager = digitalocean.Manager(**self._sdk())
+        read = partial(manager.get_data, f"firewalls/{firewall_id}")
+        found = self._rest.item_or_none(
+            "read firewall", partial(self._request, "read firewall", "GET", read), "firewall"
+        )
+        if found is None or found.get("name") != firewall_name(self._instance):
+            return None
+        return found
+
+    def _firewall_body(self, tags: Iterable[str] = ()) -> dict[str, Any]:
+        """The whole firewall as we want it: the proxy port in, everything out."""
+        rules = FirewallRules.for_proxy(self._proxy)
+        inbound = [{"protocol": "tcp", "ports": str(rules.port),
+                    "sources": {"addresses": list(rules.sources)}}]  # fmt: skip
+        # "1-65535", not "0": the API answers "0" for "all ports" but asks for a range.
+        outbound = [{"protocol": protocol, "ports": _ALL_PORTS,
+                     "destinations": {"addresses": [OPEN_IPV4, OPEN_IPV6]}}
+                    for protocol in ("tcp", "udp")]  # fmt: skip
+        return {
+            "name": firewall_name(self._instance),
+            "inbound_rules": inbound,
+            "outbound_rules": outbound,
+            "tags": sorted({*tags, self._tag}),
+        }
+
+    def _firewall_ok(self, firewall: dict[str, Any]) -> bool:
+        wanted = self._firewall_body()
+        tags = firewall.get("tags")
+        return (
+            isinstance(tags, list)
+            and self._tag in tags
+            and _grants(firewall.get("inbound_rules"), "sources")
+            == _grants(wanted["inbound_rules"], "sources")
+            and _grants(firewall.get("outbound_rules"), "destinations")
+            == _grants(wanted["outbound_rules"], "destinations")
+        )
+
+    def _ensure_tag(self) -> None:
+        """DigitalOcean refuses a firewall naming a tag that does not exist (yet, or any more:
+        deleting a tag in the console also takes it off the firewall)."""
+        import digitalocean
+
         tag = digitalocean.Tag(name=self._tag, **self._sdk())
         try:
             self._request("create tag", "POST", tag.create)
         except HttpError as exc:
             if exc.status not in _TAG_EXISTS:
                 raise self._rest.error("create tag", exc) from None
-        firewall = digitalocean.Firewall(
-            name=name,
-            inbound_rules=[
-                digitalocean.InboundRule(
-                    protocol="tcp",
-                    ports=str(self._proxy.port),
-                    sources=digitalocean.Sources(
-                        addresses=list(allowed_cidrs(self._proxy.allowed_ip))
-                    ),
-                )
-            ],
-            outbound_rules=[
-                digitalocean.OutboundRule(
-                    protocol=protocol,
-                    ports="0",  # the API's "every port"
-                    destinations=digitalocean.Destinations(addresses=[OPEN_IPV4, OPEN_IPV6]),
-                )
-                for protocol in ("tcp", "udp")
-            ],
-            droplet_ids=[],
-            tags=[self._tag],
-            **self._sdk(),
+
+    def _repair_firewall(self, firewall: dict[str, Any]) -> None:
+        """Rewrite our firewall's rules and tags (a PUT replaces the whole firewall); the
+        droplets and other tags it was applied to stay as they are."""
+        import digitalocean
+
+        firewall_id = str(firewall["id"])
+        log.warning(
+            "%s: firewall %s differs from PROXY_PORT/ONLY_HOST_IP/HOST_IP or lost its tag; "
+            "repairing it", self._env.key, firewall_id,
+        )  # fmt: skip
+        listed = firewall.get("tags")
+        tags = [str(t) for t in listed] if isinstance(listed, list) else []
+        if self._tag not in tags:
+            self._ensure_tag()
+        body = {**self._firewall_body(tags), "droplet_ids": list(firewall.get("droplet_ids") or [])}
+        manager = digitalocean.Manager(**self._sdk())
+        self._call(
+            "repair firewall",
+            "PUT",
+            partial(manager.get_data, f"firewalls/{firewall_id}", type="PUT", params=body),
         )
-        with warnings.catch_warnings():
-            # The library's jsonpickle call warns that a default changes in jsonpickle 5; it
-            # concerns non-string dict keys, and these rules have none.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self._call("create firewall", "POST", firewall.create)
-        if not firewall.id:
+
+    def _create_firewall(self) -> str:
+        import digitalocean
+
+        self._ensure_tag()  # the first create of a new account comes after this call
+        manager = digitalocean.Manager(**self._sdk())
+        body = {**self._firewall_body(), "droplet_ids": []}
+        answer = self._call(
+            "create firewall",
+            "POST",
+            partial(manager.get_data, "firewalls", type="POST", params=body),
+        )
+        firewall = answer.get("firewall") if isinstance(answer, dict) else None
+        if not isinstance(firewall, dict) or not firewall.get("id"):
             raise self._env.error("create firewall: the answer names no firewall")
-        return str(firewall.id)
+        return str(firewall["id"])
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -386,3 +450,24 @@ def _next_page(answer: dict[str, Any]) -> int | None:
     if len(numbers) != 1 or not numbers[0].isdigit():
         raise ValueError(following)
     return int(numbers[0])
+
+
+def _grants(rules: object, side: str) -> frozenset[Grant]:
+    """What DigitalOcean firewall rules let through, one grant per protocol, ports and
+    address. Ports ``"0"``/``"all"``/empty are every port; a tag, droplet or load balancer
+    target, or anything unreadable, is a grant of its own that no wanted rule matches."""
+    found: set[Grant] = set()
+    for rule in rules if isinstance(rules, list) else []:
+        if not isinstance(rule, dict):
+            continue
+        protocol = str(rule.get("protocol"))
+        ports = str(rule.get("ports") or "0").strip()
+        span = (1, 65535) if ports in {"0", "all"} else port_range(ports) or (-1, -1)
+        if protocol == "icmp":
+            span = (0, 0)
+        targets = rule.get(side)
+        for kind, values in (targets if isinstance(targets, dict) else {}).items():
+            for value in values if isinstance(values, list) else [values]:
+                cidr = canonical_cidr(value) if kind == "addresses" else None
+                found.add(Grant(protocol, *span, cidr or f"{kind}:{value}"))
+    return frozenset(found)

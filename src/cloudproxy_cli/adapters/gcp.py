@@ -18,9 +18,11 @@ from cloudproxy_cli.adapters.common import (
     MAX_PAGES,
     TAG,
     Envelope,
+    FirewallRules,
+    Grant,
     ProxySettings,
     Retry,
-    allowed_cidrs,
+    canonical_cidr,
     firewall_name,
     guarded_delete,
     instance_labels,
@@ -28,6 +30,7 @@ from cloudproxy_cli.adapters.common import (
     owns_labels,
     paginate,
     parse_retry_after,
+    port_range,
     utc_datetime,
     vm_name,
 )
@@ -241,10 +244,9 @@ class GcpProvider:
             self._wait(operation, "delete", zonal=True, gone_ok=True)
 
     def ensure_firewall(self, known_id: str | None) -> str | None:
-        if known_id is not None:
-            return known_id
+        """One GET of the rule ``cloudproxy-<instance>`` (its name is its id); inserted if
+        gone, replaced (an update) if it differs from ours in any way that matters."""
         from google.api_core import exceptions as api_exceptions
-        from google.cloud import compute_v1
 
         name = firewall_name(self._instance)
         found = self._call_or_none(
@@ -254,19 +256,10 @@ class GcpProvider:
             ),
         )
         if found is not None:
+            if not self._firewall_ok(found):
+                self._repair_firewall(name)
             return name
-        rule = compute_v1.Firewall(
-            name=name,
-            description=f"cloudproxy {self._instance}: the proxy port of its VMs",
-            network=NETWORK,
-            direction="INGRESS",
-            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=[str(self._proxy.port)])],
-            source_ranges=list(allowed_cidrs(self._proxy.allowed_ip, open_ipv6=False)),
-            target_tags=[self._tag],
-        )
-        request = compute_v1.InsertFirewallRequest(
-            project=self._project, firewall_resource=rule, request_id=str(uuid.uuid4())
-        )
+        request = self._firewall_request(name, "InsertFirewallRequest")
         try:
             operation = self._call(
                 "firewall create",
@@ -279,6 +272,69 @@ class GcpProvider:
             return name  # another run created it meanwhile
         self._wait(operation, "firewall create", zonal=False)
         return name
+
+    # --- firewall ------------------------------------------------------------------------
+
+    def _firewall_resource(self, name: str) -> compute_v1.Firewall:
+        from google.cloud import compute_v1
+
+        rules = FirewallRules.for_proxy(self._proxy)
+        return compute_v1.Firewall(
+            name=name,
+            description=f"cloudproxy {self._instance}: the proxy port of its VMs",
+            network=NETWORK,
+            direction="INGRESS",
+            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=[str(rules.port)])],
+            source_ranges=list(rules.sources),
+            target_tags=[self._tag],
+        )
+
+    def _firewall_request(self, name: str, kind: str) -> Any:
+        """An insert or update request carrying the whole rule as we want it."""
+        from google.cloud import compute_v1
+
+        fields: dict[str, Any] = {
+            "project": self._project,
+            "firewall_resource": self._firewall_resource(name),
+            "request_id": str(uuid.uuid4()),  # a retried request runs once
+        }
+        if kind == "UpdateFirewallRequest":
+            fields["firewall"] = name
+        return getattr(compute_v1, kind)(**fields)
+
+    def _firewall_ok(self, found: compute_v1.Firewall) -> bool:
+        """Ingress, enabled, our tag its only target, no other source kind, and exactly our
+        grants (an allowed entry without ports is every port)."""
+        grants = set()
+        for allowed in found.allowed:
+            spans = [port_range(p) or (-1, -1) for p in allowed.ports] or [(1, 65535)]
+            for span in spans:
+                for source in found.source_ranges:
+                    cidr = canonical_cidr(source) or str(source)
+                    grants.add(Grant(allowed.I_p_protocol, *span, cidr))
+        return (
+            found.direction == "INGRESS"
+            and not found.disabled
+            and not found.denied
+            and not found.source_tags
+            and not found.source_service_accounts
+            and list(found.target_tags) == [self._tag]
+            and FirewallRules.for_proxy(self._proxy).holds(grants)
+        )
+
+    def _repair_firewall(self, name: str) -> None:
+        log.warning(
+            "%s: firewall rule %s differs from PROXY_PORT/ONLY_HOST_IP/HOST_IP or its target; "
+            "repairing it", self._key, name,
+        )  # fmt: skip
+        request = self._firewall_request(name, "UpdateFirewallRequest")
+        operation = self._call(
+            "firewall repair",
+            lambda: self._firewalls.update_unary(
+                request=request, retry=None, timeout=CALL_TIMEOUT_S
+            ),
+        )
+        self._wait(operation, "firewall repair", zonal=False)
 
     # --- calls, retries, errors ----------------------------------------------------------
 

@@ -27,14 +27,17 @@ from cloudproxy_cli.adapters.common import (
     INSTANCE_KEY,
     TAG,
     Envelope,
+    FirewallRules,
+    Grant,
     ProxySettings,
     Retry,
-    allowed_cidrs,
+    canonical_cidr,
     firewall_name,
     guarded_delete,
     instance_labels,
     owns_labels,
     parse_retry_after,
+    port_range,
     vm_name,
 )
 from cloudproxy_cli.core.errors import ProviderError
@@ -195,33 +198,32 @@ class HetznerProvider:
         )
 
     def ensure_firewall(self, known_id: str | None) -> str | None:
-        if known_id is not None:
-            return known_id
+        """One GET of the remembered firewall; found by name or created if gone; its rules
+        set to exactly ours and its label selector applied again if either differs."""
         client = self._require_client()
         name = firewall_name(self._instance)
-        found = self._call("find firewall", lambda: client.firewalls.get_by_name(name))
-        if found is not None:
-            if not self._opens_proxy_port(found):
-                log.warning(
-                    "%s: firewall %s (id %s) does not open TCP port %d to %s; new proxies may be "
-                    "unreachable (delete the firewall and cloudproxy will create it again)",
-                    self._key, name, found.id, self._proxy.port, ", ".join(self._sources()),
-                )  # fmt: skip
-            return str(found.id)
+        found: BoundFirewall | None = None
+        if known_id is not None and known_id.isascii() and known_id.isdigit():
+            found = self._call(
+                "read firewall",
+                lambda: _or_none(lambda: client.firewalls.get_by_id(int(known_id))),
+            )
+            if found is not None and found.name != name:
+                found = None  # not ours: never changed
+        if found is None:
+            found = self._call("find firewall", lambda: client.firewalls.get_by_name(name))
+        if found is None:
+            return self._create_firewall(client, name)
+        self._repair_firewall(client, found)
+        return str(found.id)
 
+    # --- firewall ---------------------------------------------------------------------------
+
+    def _create_firewall(self, client: Client, name: str) -> str:
         def create() -> BoundFirewall:
             try:
                 return client.firewalls.create(
-                    name=name,
-                    rules=[self._proxy_rule()],
-                    # Applied by label: every server this instance creates gets the firewall
-                    # from the API itself, with no call per server.
-                    resources=[
-                        FirewallResource(
-                            type=FirewallResource.TYPE_LABEL_SELECTOR,
-                            label_selector=FirewallResourceLabelSelector(selector=self._selector),
-                        )
-                    ],
+                    name=name, rules=[self._proxy_rule()], resources=[self._target()]
                 ).firewall
             except APIException as exc:
                 if exc.code == "uniqueness_error":  # made meanwhile (or by a lost attempt)
@@ -233,6 +235,39 @@ class HetznerProvider:
         created = self._call("create firewall", create)
         log.info("%s: created firewall %s (id %s)", self._key, name, created.id)
         return str(created.id)
+
+    def _repair_firewall(self, client: Client, firewall: BoundFirewall) -> None:
+        """``set_rules`` replaces every rule at once (an outbound rule of anyone's would
+        block all other outbound traffic); the selector is applied again if it was removed."""
+        if not FirewallRules.for_proxy(self._proxy).holds(_grants(firewall.rules)):
+            log.warning(
+                "%s: firewall %s differs from PROXY_PORT/ONLY_HOST_IP/HOST_IP; repairing it",
+                self._key, firewall.id,
+            )  # fmt: skip
+            self._call(
+                "repair firewall rules",
+                lambda: client.firewalls.set_rules(firewall, [self._proxy_rule()]),
+            )
+        if not any(
+            r.type == FirewallResource.TYPE_LABEL_SELECTOR
+            and r.label_selector is not None
+            and r.label_selector.selector == self._selector
+            for r in firewall.applied_to or []
+        ):
+            log.warning("%s: firewall %s lost its label selector; applying it again",
+                        self._key, firewall.id)  # fmt: skip
+            self._call(
+                "apply firewall",
+                lambda: client.firewalls.apply_to_resources(firewall, [self._target()]),
+            )
+
+    def _target(self) -> FirewallResource:
+        # Applied by label: every server this instance creates gets the firewall from the API
+        # itself, with no call per server.
+        return FirewallResource(
+            type=FirewallResource.TYPE_LABEL_SELECTOR,
+            label_selector=FirewallResourceLabelSelector(selector=self._selector),
+        )
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -256,26 +291,14 @@ class HetznerProvider:
             ip = ipv4.ip
         return Proxy(id=str(server.id), created_at=created.astimezone(UTC), ip=ip)
 
-    def _sources(self) -> list[str]:
-        return list(allowed_cidrs(self._proxy.allowed_ip))
-
     def _proxy_rule(self) -> FirewallRule:
+        rules = FirewallRules.for_proxy(self._proxy)
         return FirewallRule(
             direction=FirewallRule.DIRECTION_IN,
             protocol=FirewallRule.PROTOCOL_TCP,
-            port=str(self._proxy.port),
-            source_ips=self._sources(),
+            port=str(rules.port),
+            source_ips=list(rules.sources),
             description="cloudproxy: the proxy port",
-        )
-
-    def _opens_proxy_port(self, firewall: BoundFirewall) -> bool:
-        wanted = set(self._sources())
-        return any(
-            rule.direction == FirewallRule.DIRECTION_IN
-            and rule.protocol == FirewallRule.PROTOCOL_TCP
-            and rule.port == str(self._proxy.port)
-            and wanted <= set(rule.source_ips)
-            for rule in firewall.rules or []
         )
 
     # --- calls, retries and errors ----------------------------------------------------------
@@ -342,6 +365,19 @@ class HetznerProvider:
             )
         shown = f"HTTP {status}, {code}" if isinstance(code, str) and status else f"HTTP {code}"
         return self._env.error(f"{what} failed ({shown}): {self._env.scrub(exc.message)}")
+
+
+def _grants(rules: list[FirewallRule] | None) -> frozenset[Grant]:
+    """What a Hetzner firewall's rules let in; an outbound (or unreadable) rule is a grant no
+    wanted rule matches, so it is repaired away."""
+    found: set[Grant] = set()
+    for rule in rules or []:
+        span = port_range(rule.port or "") or (0, 0)
+        addresses = rule.source_ips if rule.direction == FirewallRule.DIRECTION_IN else None
+        for address in addresses or [f"out:{rule.destination_ips}"]:
+            cidr = canonical_cidr(address) or str(address)
+            found.add(Grant(str(rule.protocol), *span, cidr))
+    return frozenset(found)
 
 
 def _or_none(fn: Callable[[], T]) -> T | None:

@@ -18,14 +18,17 @@ import requests
 from cloudproxy_cli.adapters.common import (
     TAG,
     Envelope,
+    FirewallRules,
+    Grant,
     HttpError,
     ProxySettings,
-    allowed_cidrs,
+    canonical_cidr,
     firewall_name,
     guarded_delete,
     instance_tag,
     owns_tags,
     paginate,
+    port_range,
     utc_datetime,
     vm_name,
 )
@@ -179,64 +182,85 @@ class VultrProvider:
         )
 
     def ensure_firewall(self, known_id: str | None) -> str | None:
-        if known_id is not None:
-            self._firewall_id = known_id
-            self._firewall_missing = None
-            return known_id
-        name = firewall_name(self._instance)
-        found = next(
-            (
-                group
-                for group in self._pages("/firewalls", "firewall_groups", "list firewall groups")
-                if group.get("description") == name
-            ),
-            None,
-        )
-        if found is None:
-            answer = self._call(
-                _Call("POST", "/firewalls", "create firewall group", body={"description": name})
-            )
-            found = answer.get("firewall_group") if isinstance(answer, dict) else None
-            if not isinstance(found, dict):
-                raise self._env.error("create firewall group: no group in the answer")
-            found = {**found, "rule_count": 0}
-        group_id = str(found.get("id") or "")
-        if not group_id:
-            raise self._env.error(f"firewall group {name} has no id")
-        if found.get("rule_count") == 0:
-            # Just created, or a previous run failed between creating the group and its rule:
-            # a group without the rule would block the proxy port forever.
-            self._call(
-                _Call(
-                    "POST",
-                    f"/firewalls/{_path_segment(group_id)}/rules",
-                    "create firewall rule",
-                    body=self._firewall_rule(),
-                )
-            )
+        """One GET (the remembered group's rules); the group found by its description (a
+        list) or created if gone, and its rules made exactly ours (stale ones deleted,
+        missing ones added)."""
+        rules = self._group_rules(known_id) if known_id else None
+        group_id = known_id if rules is not None else None
+        if group_id is None:
+            group_id, rules = self._find_or_create_group()
+        self._repair_rules(group_id, rules or [])
         self._firewall_id = group_id
         self._firewall_missing = None
         return group_id
 
+    # --- firewall ---------------------------------------------------------------------------
+
+    def _find_or_create_group(self) -> tuple[str, list[dict[str, Any]]]:
+        """Our group (by its description) and its rules; a new one, without rules, if none."""
+        name = firewall_name(self._instance)
+        pages = self._pages("/firewalls", "firewall_groups", "list firewall groups")
+        found = next((group for group in pages if group.get("description") == name), None)
+        if found is not None:
+            group_id = str(found.get("id") or "")
+            rules = self._group_rules(group_id) if group_id else None
+            if rules is None:
+                raise self._env.error(f"firewall group {name} has no readable id")
+            return group_id, rules
+        answer = self._call(
+            _Call("POST", "/firewalls", "create firewall group", body={"description": name})
+        )
+        created = answer.get("firewall_group") if isinstance(answer, dict) else None
+        if not isinstance(created, dict) or not created.get("id"):
+            raise self._env.error("create firewall group: no group in the answer")
+        return str(created["id"]), []
+
+    def _group_rules(self, group_id: str) -> list[dict[str, Any]] | None:
+        """The rules of group ``group_id``; ``None`` if the group is gone (404)."""
+        path = f"/firewalls/{_path_segment(group_id)}/rules"
+        what = "list firewall rules"
+        try:
+            first = self._request(_Call("GET", path, what, params={"per_page": self._page_size}))
+        except HttpError as exc:
+            if exc.status == 404:
+                return None
+            raise self._rest.error(what, exc) from None
+        items = first.get("firewall_rules") if isinstance(first, dict) else None
+        if not isinstance(items, list):
+            raise self._env.error(f"{what}: the answer has no 'firewall_rules' list")
+        meta = first.get("meta")
+        links = meta.get("links") if isinstance(meta, dict) else None
+        if isinstance(links, dict) and links.get("next"):  # more than a page: read them all
+            return list(self._pages(path, "firewall_rules", what))
+        return [item for item in items if isinstance(item, dict)]
+
+    def _repair_rules(self, group_id: str, rules: list[dict[str, Any]]) -> None:
+        """Add the missing rule(s) first, then delete every other one (and duplicates)."""
+        wanted = FirewallRules.for_proxy(self._proxy).grants
+        kept: set[Grant] = set()
+        stale: list[str] = []
+        for rule in rules:
+            grant = _grant(rule)
+            if grant is not None and grant in wanted and grant not in kept:
+                kept.add(grant)
+            else:
+                stale.append(str(rule.get("id")))
+        path = f"/firewalls/{_path_segment(group_id)}/rules"
+        for grant in sorted(wanted - kept):
+            self._call(_Call("POST", path, "create firewall rule", body=_rule_body(grant)))
+        for rule_id in stale:
+            rule_path = f"{path}/{_path_segment(rule_id)}"
+            self._rest.delete(
+                "delete firewall rule",
+                partial(self._request, _Call("DELETE", rule_path, "delete firewall rule")),
+            )
+        if stale or wanted - kept:
+            log.info(
+                "%s: firewall group %s repaired (%d rule(s) added, %d removed)",
+                self._env.key, group_id, len(wanted - kept), len(stale),
+            )  # fmt: skip
+
     # --- helpers ----------------------------------------------------------------------------
-
-    def _firewall_rule(self) -> dict[str, Any]:
-        """The one inbound rule: the proxy port over TCP, from ``allowed_ip`` or from anywhere.
-
-        Vultr firewall rules are inbound only (everything outbound is allowed), so this single
-        rule is the whole policy: nothing else, not even SSH, is reachable.
-        """
-        network = ipaddress.ip_network(allowed_cidrs(self._proxy.allowed_ip, open_ipv6=False)[0])
-        subnet, size = str(network.network_address), network.prefixlen
-        ip_type = f"v{network.version}"
-        return {
-            "ip_type": ip_type,
-            "protocol": "tcp",
-            "port": str(self._proxy.port),
-            "subnet": subnet,
-            "subnet_size": size,
-            "notes": "cloudproxy: proxy port",
-        }
 
     def _pages(
         self, path: str, key: str, what: str, params: dict[str, str | int] | None = None
@@ -315,6 +339,30 @@ class VultrProvider:
 def _names_firewall(exc: HttpError) -> bool:
     """Whether a failed create blamed the firewall group (Vultr: 400/404 naming it)."""
     return exc.status in (400, 404) and "firewall" in exc.message.lower()
+
+
+def _grant(rule: dict[str, Any]) -> Grant | None:
+    """What one Vultr rule lets in (its port a number or a "low:high" range); ``None`` for
+    one we cannot read, or one open to a named source (Cloudflare, a load balancer)."""
+    span = port_range(str(rule.get("port") or "").replace(":", "-"))
+    cidr = canonical_cidr(f"{rule.get('subnet')}/{rule.get('subnet_size')}")
+    if span is None or cidr is None or rule.get("source"):
+        return None
+    return Grant(str(rule.get("protocol")), *span, cidr)
+
+
+def _rule_body(grant: Grant) -> dict[str, Any]:
+    """One inbound rule. Vultr firewall rules are inbound only (everything outbound is
+    allowed), so the group's rules are the whole policy: nothing else, not even SSH."""
+    network = ipaddress.ip_network(grant.cidr)
+    return {
+        "ip_type": f"v{network.version}",
+        "protocol": grant.protocol,
+        "port": str(grant.low) if grant.low == grant.high else f"{grant.low}:{grant.high}",
+        "subnet": str(network.network_address),
+        "subnet_size": network.prefixlen,
+        "notes": "cloudproxy: proxy port",
+    }
 
 
 def _path_segment(value: str) -> str:

@@ -14,6 +14,7 @@ from cloudproxy_cli.core.errors import (
     ProviderError,
     ProxyNotFoundError,
 )
+from cloudproxy_cli.core.firewall import firewall_check_due
 from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget, Proxy
 from cloudproxy_cli.core.outcomes import apply_outcomes
 from cloudproxy_cli.core.plan import ActionOutcome, CreateAction, DeleteAction, Plan
@@ -21,7 +22,7 @@ from cloudproxy_cli.core.policy import InstancePolicy
 from cloudproxy_cli.core.ports import Clock, Prober, Provider, StateStore
 from cloudproxy_cli.core.reconcile import manual_delete_plan, reconcile
 from cloudproxy_cli.core.snapshot import failed_snapshot
-from cloudproxy_cli.core.state import InstanceSnapshot, State
+from cloudproxy_cli.core.state import InstanceSnapshot, InstanceState, State
 
 log = logging.getLogger("cloudproxy")
 
@@ -44,13 +45,19 @@ class InstanceReport:
     outcomes: tuple[ActionOutcome, ...] = ()
     snapshot: InstanceSnapshot | None = None
     log: tuple[str, ...] = ()
+    firewall_error: str | None = None  # the hourly firewall check failed (no create needed it)
 
     @property
     def failed(self) -> bool:
-        return self.error is not None or any(not o.ok for o in self.outcomes)
+        return (
+            self.error is not None
+            or self.firewall_error is not None
+            or any(not o.ok for o in self.outcomes)
+        )
 
     def errors(self) -> list[str]:
         found = [self.error] if self.error else []
+        found += [self.firewall_error] if self.firewall_error else []
         found += [o.error for o in self.outcomes if not o.ok and o.error]
         return found
 
@@ -72,22 +79,52 @@ def _targets(runtime: InstanceRuntime, proxies: Sequence[Proxy]) -> list[ProbeTa
     ]
 
 
+@dataclass
+class _FirewallStep:
+    """One instance's firewall in one run: verified (and repaired) at most once, before the
+    first create or, when the run creates nothing, if the hourly check is due."""
+
+    provider: Provider
+    firewall_id: str | None
+    checked_at: datetime | None
+    now: datetime
+    error: str | None = None
+    done: bool = False
+
+    def ensure(self) -> str | None:
+        """Verify the firewall (once per run); the failure, if it could not be done."""
+        if not self.done:
+            self.done = True
+            try:
+                self.firewall_id = self.provider.ensure_firewall(self.firewall_id)
+                self.checked_at = self.now
+            except CloudProxyError as exc:
+                self.error = f"firewall: could not verify or repair it: {exc}"
+        return self.error
+
+    def forget(self) -> None:
+        """The remembered id is gone: the next run finds (or makes) the firewall again."""
+        self.firewall_id = None
+        self.checked_at = None
+
+    def into(self, state: InstanceState) -> InstanceState:
+        return replace(state, firewall_id=self.firewall_id, firewall_checked_at=self.checked_at)
+
+
 def _execute(
     runtime: InstanceRuntime,
     plan: Plan,
-    firewall: list[str | None],
+    firewall: _FirewallStep,
     on_progress: Callable[[tuple[ActionOutcome, ...]], None],
 ) -> Iterator[ActionOutcome]:
     """Deletes first (strategy replace frees its slot before creating), then creates.
 
-    Before the first create, the instance's firewall is ensured (``firewall`` holds the id
-    remembered in the state, and receives the one to remember); if that fails, every create of
-    this run fails with it. Each outcome is reported before the next action starts, so that the
-    caller can persist it: a crash mid-run never forgets an action already taken.
+    Before the first create, the instance's firewall is verified and repaired (``firewall``);
+    if that fails, every create of this run fails with it. Each outcome is reported before the
+    next action starts, so that the caller can persist it: a crash mid-run never forgets an
+    action already taken.
     """
     done: list[ActionOutcome] = []
-    firewall_error: str | None = None
-    firewall_checked = False
     actions: list[CreateAction | DeleteAction] = [*plan.deletes, *plan.creates]
     for action in actions:
         outcome: ActionOutcome
@@ -100,19 +137,14 @@ def _execute(
                     action.reason,
                 )  # fmt: skip
             else:
-                if not firewall_checked:
-                    firewall_checked = True
-                    try:
-                        firewall[0] = runtime.provider.ensure_firewall(firewall[0])
-                    except CloudProxyError as exc:
-                        firewall_error = f"firewall: {exc}"
+                firewall_error = firewall.ensure()
                 if firewall_error is not None:
                     raise ProviderError(firewall_error)
                 created = runtime.provider.create_proxy()
                 outcome = ActionOutcome(action, ok=True, created=created)
                 log.info("Created %s in %s: %s", created.id, plan.key, action.reason)
         except FirewallMissingError as exc:
-            firewall[0] = None  # found (or made) again by the next run that creates
+            firewall.forget()
             outcome = ActionOutcome(action, ok=False, error=str(exc))
             log.error("Could not create a proxy in %s: %s", plan.key, exc)
         except CloudProxyError as exc:
@@ -122,6 +154,32 @@ def _execute(
         done.append(outcome)
         on_progress(tuple(done))
         yield outcome
+
+
+def _hourly_check(runtime: InstanceRuntime, firewall: _FirewallStep) -> str | None:
+    """The firewall check of a run that created nothing, if due; its failure, if any."""
+    due = firewall_check_due(firewall.checked_at, now=firewall.now, creating=False)
+    if firewall.done or not due:
+        return None
+    error = firewall.ensure()
+    if error is not None:
+        log.error("%s: %s", runtime.key, error)
+    return error
+
+
+def _note_errors(
+    final: InstanceState,
+    outcomes: Sequence[ActionOutcome],
+    firewall_error: str | None,
+    now: datetime,
+) -> InstanceState:
+    """``final`` with the run's last error in its snapshot, for ``rolling status``."""
+    errors = [o.error for o in outcomes if not o.ok and o.error]
+    errors += [firewall_error] if firewall_error else []
+    if not errors or final.snapshot is None:
+        return final
+    snapshot = replace(final.snapshot, last_error=errors[-1], last_error_at=now)
+    return replace(final, snapshot=snapshot)
 
 
 def run_reconcile(
@@ -184,41 +242,42 @@ def run_reconcile(
                 reports[runtime.key] = InstanceReport(runtime.key, plan=plan, log=plan.log)
                 continue
 
-            firewall = [plan.next_state.firewall_id]
+            previous = state.instance(key)
+            firewall = _FirewallStep(
+                runtime.provider, previous.firewall_id, previous.firewall_checked_at, now
+            )
 
             def persist(
                 done: tuple[ActionOutcome, ...],
                 plan: Plan = plan,
                 key: str = key,
                 policy: InstancePolicy = runtime.policy,
-                firewall: list[str | None] = firewall,
+                firewall: _FirewallStep = firewall,
             ) -> None:
                 nonlocal state
                 partial, _ = apply_outcomes(
                     plan, done, now=now, policy=policy, update_snapshot=False
                 )
-                state = state.with_instance(key, replace(partial, firewall_id=firewall[0]))
+                state = state.with_instance(key, firewall.into(partial))
                 store.save(state)
 
             outcomes = tuple(_execute(runtime, plan, firewall, persist))
+            firewall_error = _hourly_check(runtime, firewall)
             final, completed = apply_outcomes(
                 plan, outcomes, now=clock.now(), policy=runtime.policy
             )
-            final = replace(final, firewall_id=firewall[0])
+            final = firewall.into(final)
             for line in completed:
                 log.info("%s", line)
-            errors = [o.error for o in outcomes if not o.ok and o.error]
-            snapshot = final.snapshot
-            if errors and snapshot is not None:
-                snapshot = replace(snapshot, last_error=errors[-1], last_error_at=now)
-                final = replace(final, snapshot=snapshot)
+            final = _note_errors(final, outcomes, firewall_error, now)
             state = state.with_instance(key, final)
             reports[runtime.key] = InstanceReport(
                 runtime.key,
                 plan=plan,
                 outcomes=outcomes,
-                snapshot=snapshot,
+                snapshot=final.snapshot,
                 log=plan.log + completed,
+                firewall_error=firewall_error,
             )
         if not dry_run:
             store.save(state)

@@ -58,6 +58,7 @@ def apply_outcomes(
         rollout=advance_rollout(
             plan.next_state.rollout, active=active, completed=completed, now=now
         ),
+        firewall_checked_at=plan.next_state.firewall_checked_at,
     )
     snapshot = plan.next_state.snapshot
     if update_snapshot:

@@ -26,10 +26,16 @@ class Provider(Protocol):
     def delete_proxy(self, proxy_id: str) -> None: ...
 
     def ensure_firewall(self, known_id: str | None) -> str | None:
-        """Make sure this instance's firewall exists (opening only the proxy port) and return
-        its id for the state file. With ``known_id`` (what a previous run returned) the adapter
-        trusts it and makes no API call; otherwise it finds the firewall by name, creating it
-        only if missing. Called only in runs that create proxies. ``None``: no firewall."""
+        """Verify this instance's firewall and return its id for the state file.
+
+        It always reads the firewall (``known_id``, what a previous call returned, else found
+        by its name ``cloudproxy-<instance>``), creates it if it is gone, and repairs what
+        differs from the desired rules (``adapters.common.FirewallRules``: TCP ``PROXY_PORT``
+        from the allowed CIDRs, nothing else): stale rules removed, missing ones added, its
+        tag or label target put back. Only a firewall of that name is ever changed. Raises
+        ``ProviderError`` when it cannot. Called before the first create of a run, and when
+        the hourly check is due (``core.firewall``). ``None``: this provider has no firewall.
+        """
         ...
 
 

@@ -121,6 +121,7 @@ def reconcile(
             rollout=advance_rollout(
                 state.rollout, active=True, completed=_completed(state, still_open), now=now
             ),
+            firewall_checked_at=state.firewall_checked_at,
         ),
         warnings=tuple(run.warnings),
         log=tuple(run.log),

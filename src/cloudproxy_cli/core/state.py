@@ -138,6 +138,8 @@ class InstanceState:
     snapshot: InstanceSnapshot | None = None
     firewall_id: str | None = None  # what the adapter's ensure_firewall returned last
     rollout: Rollout | None = None  # None while nothing is aged and nothing is recycling
+    # When ensure_firewall last succeeded (see core.firewall); absent in older files.
+    firewall_checked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +401,7 @@ def encode_state(state: State) -> dict[str, Any]:
             "snapshot": None if inst.snapshot is None else encode_snapshot(inst.snapshot),
             "firewall_id": inst.firewall_id,
             "rollout": _encode_rollout(inst.rollout),
+            "firewall_checked_at": _ts(inst.firewall_checked_at),
         }
     o = state.overrides
     return {
@@ -462,6 +465,7 @@ def _decode_instance(inst: Any) -> InstanceState:
         snapshot=None if snap is None else decode_snapshot(snap),
         firewall_id=_opt_text(inst.get("firewall_id"), "firewall_id"),
         rollout=_decode_rollout(inst.get("rollout")),
+        firewall_checked_at=_parse_ts(inst.get("firewall_checked_at")),
     )
 
 
