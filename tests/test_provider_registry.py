@@ -84,7 +84,14 @@ def test_make_provider_puts_the_local_inventory_beside_the_state_file(tmp_path: 
     )
     assert isinstance(provider, LocalProvider)
     assert provider.list_proxies() == []
-    assert (tmp_path / "local" / "eu").is_dir()
+    # Made by the first create, not by building or listing (reads never write).
+    assert not (tmp_path / "local").exists()
+    provider.create_proxy()
+    try:
+        assert [p.name for p in (tmp_path / "local" / "eu").glob("*.json")] != []
+    finally:
+        for proxy in provider.list_proxies():
+            provider.delete_proxy(proxy.id)
 
 
 def test_make_provider_refuses_another_providers_settings(tmp_path: Path) -> None:
