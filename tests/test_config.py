@@ -14,6 +14,7 @@ from cloudproxy_cli.config import (
     MASKED,
     PROVIDER_SETTINGS,
     UNSET,
+    AwsSettings,
     ConfigRow,
     InstanceSettings,
     LoadedConfig,
@@ -621,3 +622,15 @@ def test_host_ip_with_a_zone_is_rejected() -> None:
     with pytest.raises(ConfigError, match="HOST_IP"):
         load({"HOST_IP": "fe80::1%$(reboot)"})
     assert load({"HOST_IP": "2001:db8::1"}).settings.host_ip == "2001:db8::1"
+
+
+def test_boto3s_own_default_region_is_not_read_as_our_default_instances_region() -> None:
+    # AWS_DEFAULT_REGION looks like "AWS_" + instance "default" + "REGION", but it is boto3's
+    # variable: users often set it beside AWS_REGION, to another value.
+    loaded = load({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-west-2"})
+    aws = loaded.settings.providers["aws"]["default"]
+    assert isinstance(aws, AwsSettings) and aws.region == "eu-west-1"
+    assert loaded.sources["providers.aws.default.region"] == "env AWS_REGION"
+    # The explicit default spelling still works for a setting boto3 does not own.
+    loaded = load({"AWS_DEFAULT_MIN_SCALING": "4"})
+    assert loaded.settings.providers["aws"]["default"].min_scaling == 4

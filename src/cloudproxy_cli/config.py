@@ -567,6 +567,10 @@ def _read_env(
         if found is None:
             continue  # AWS_PROFILE and friends: not ours
         instance, key = found
+        if var in FOREIGN_ENV_VARS and var != f"{prefix}{key.upper()}":
+            # AWS_DEFAULT_REGION is boto3's own variable, not our default instance's region
+            # spelled out (AWS_REGION is): reading it too would make two of them conflict.
+            continue
         if not _INSTANCE_NAME.fullmatch(instance):
             raw.warnings.append(
                 f"ignored {var}: {instance!r} is not a valid instance name"
