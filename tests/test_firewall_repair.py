@@ -9,6 +9,7 @@ double that answers without any connection.
 from __future__ import annotations
 
 import importlib
+import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from cloudproxy_cli.adapters.common import ProxySettings, firewall_name
 from cloudproxy_cli.app.service import InstanceRuntime, RunReport, run_reconcile
+from cloudproxy_cli.cli.render import print_run
 from cloudproxy_cli.core.firewall import CHECK_INTERVAL, firewall_check_due
 from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget
 from cloudproxy_cli.core.policy import InstancePolicy, RollingPolicy
@@ -276,9 +279,12 @@ class Loop:
     def run(self) -> RunReport:
         """One reconcile, with an adapter made afresh (as each cron run makes its own)."""
         key = InstanceKey(self.view.name, "default")
-        policy = InstancePolicy(rolling=RollingPolicy(enabled=True), min_scaling=2)
-        runtime = InstanceRuntime(key, self.view.provider(self.allowed_ip), policy, PORT)
+        runtime = InstanceRuntime(key, self.view.provider(self.allowed_ip), self.policy, PORT)
         return run_reconcile(lambda _s: [runtime], self.store, AllHealthy(), self.clock)
+
+    @property
+    def policy(self) -> InstancePolicy:
+        return InstancePolicy(rolling=RollingPolicy(enabled=True), min_scaling=2)
 
     @property
     def remembered(self) -> InstanceState:
@@ -389,6 +395,10 @@ def test_a_failed_hourly_check_is_reported_and_tried_again(loop: Loop) -> None:
     (error,) = errors(report)
     assert error.startswith("firewall: could not verify or repair it:")
     assert report.instances[0].failed
+    text = io.StringIO()
+    policies = {str(i.key): loop.policy for i in report.instances}
+    print_run(Console(file=text, soft_wrap=True), report, policies)
+    assert f"FAILED: {error}" in text.getvalue() and "nothing to do" not in text.getvalue()
     snapshot = loop.remembered.snapshot
     assert snapshot is not None and snapshot.last_error == error
     loop.view.standin.reset_requests()

@@ -124,7 +124,9 @@ def print_run(out: Console, report: RunReport, policies: dict[str, InstancePolic
             out.print(f"  {verb:<7} {what:<22} {action.reason} [{status}]")
         for d in plan.deferrals:
             out.print(f"  {'defer':<7} {d.address or d.proxy_id:<22} {d.reason}")
-        if plan.is_empty and not plan.deferrals:
+        if inst.firewall_error is not None:
+            out.print(f"  {'check':<7} {'firewall':<22} FAILED: {inst.firewall_error}")
+        if plan.is_empty and not plan.deferrals and inst.firewall_error is None:
             out.print("  nothing to do")
 
 
