@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import loopback_guard
 from tests.support.cli import Cli
-from tests.support.local_proxies import stop_local_proxies
+from tests.support.local_proxies import local_sandbox
 
 _SUBPROCESS_HOOK = Path(__file__).resolve().parent / "support" / "subprocess_hooks"
 
@@ -54,9 +54,5 @@ def fresh_cloudproxy_logger() -> None:
 @pytest.fixture
 def cli(tmp_path: Path) -> Iterator[Cli]:
     """A CLI sandbox in ``tmp_path``; every local proxy it started is stopped afterwards."""
-    sandbox = Cli.make(tmp_path)
-    try:
+    with local_sandbox(tmp_path) as sandbox:
         yield sandbox
-    finally:
-        for inventory in sorted(sandbox.local_dir.glob("*")):
-            stop_local_proxies(inventory)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import Cli, one_line_error
-from tests.support.local_proxies import stop_local_proxies
+from tests.support.local_proxies import local_sandbox
 
 # Long enough credentials that the proxies table needs more than 80 columns.
 CREDS = {"PROXY_USERNAME": "operator", "PROXY_PASSWORD": "a-rather-long-secret"}
@@ -22,12 +22,10 @@ LOCAL = {"LOCAL_ENABLED": "True", "LOCAL_MIN_SCALING": "2", **CREDS}
 def cli() -> Iterator[Cli]:
     # A short root: the paths `config show` prints must fit in 80 columns themselves.
     root = Path(tempfile.mkdtemp(prefix="cp", dir="/tmp"))
-    sandbox = Cli.make(root)
     try:
-        yield sandbox
+        with local_sandbox(root) as sandbox:
+            yield sandbox
     finally:
-        for inventory in sorted(sandbox.local_dir.glob("*")):
-            stop_local_proxies(inventory)
         shutil.rmtree(root)
 
 

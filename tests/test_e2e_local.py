@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import Cli
-from tests.support.local_proxies import proxy_processes, stop_local_proxies
+from tests.support.local_proxies import local_sandbox, proxy_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -31,13 +31,9 @@ ENV = {
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Iterator[Cli]:
-    sandbox = Cli.make(tmp_path, **ENV)
-    try:
+    with local_sandbox(tmp_path, **ENV) as sandbox:
         yield sandbox
-    finally:
-        for inventory in sorted(sandbox.local_dir.glob("*")):
-            stop_local_proxies(inventory)
-        assert proxy_processes(str(sandbox.local_dir)) == [], "a proxy process outlived the test"
+    assert proxy_processes(str(sandbox.local_dir)) == [], "a proxy process outlived the test"
 
 
 def reconcile_and_status(cli: Cli, **env: str) -> tuple[dict[str, Any], dict[str, Any]]:
