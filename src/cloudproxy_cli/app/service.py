@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from cloudproxy_cli.core.caps import create_refused
 from cloudproxy_cli.core.errors import (
     CloudProxyError,
     FirewallMissingError,
@@ -100,6 +101,8 @@ def _execute(
                     action.reason,
                 )  # fmt: skip
             else:
+                if refused := create_refused(plan, runtime.policy, done):
+                    raise ProviderError(refused)
                 if not firewall_checked:
                     firewall_checked = True
                     try:

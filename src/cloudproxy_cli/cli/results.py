@@ -46,7 +46,10 @@ class ReconcileResult(CommandResult):
         instances = self.report.instances
         if instances and all(i.error is not None for i in instances):
             return ExitCode.FAILURE  # no instance could even be listed
-        return ExitCode.PARTIAL if any(i.failed for i in instances) else ExitCode.OK
+        if any(i.failed for i in instances):
+            return ExitCode.PARTIAL
+        capped = any(i.plan is not None and i.plan.caps_reached for i in instances)
+        return ExitCode.DEGRADED if capped else ExitCode.OK
 
     def render(self, out: Console) -> None:
         render.print_run(out, self.report, self.policies)

@@ -51,6 +51,8 @@ class Plan:
     effective_min_available: int = 0
     aged_ids: frozenset[str] = frozenset()
     pending_ids: frozenset[str] = frozenset()
+    # The caps (``MAX_SCALING``, ``MAX_CREATES_PER_RUN``) that held back a create this run.
+    caps_reached: tuple[str, ...] = ()
 
     @property
     def is_empty(self) -> bool:
