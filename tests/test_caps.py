@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -168,7 +169,7 @@ def test_unset_cap_never_holds_back_what_the_rules_ask_for() -> None:
     # Rolling off: every aged proxy goes and is replaced in the same run.
     pol = capped_policy(strategy=Strategy.REPLACE, min_scaling=6, batch=1, extra=None,
                         max_creates=None)  # fmt: skip
-    h = Harness(InstancePolicy(**{**_fields(pol), "rolling": policy(enabled=False).rolling}))
+    h = Harness(replace(pol, rolling=policy(enabled=False).rolling))
     for i in range(6):
         h.provider.add(f"old-{i}", age_s=2 * AGE_LIMIT_S)
     plan = h.run().instances[0].plan
@@ -199,10 +200,6 @@ def test_surge_without_room_is_a_reached_cap() -> None:
     plan = h.run().instances[0].plan
     assert plan is not None and plan.caps_reached == ("MAX_SCALING",)
     assert any(w.startswith("MAX_SCALING=3 reached") for w in plan.warnings)
-
-
-def _fields(pol: InstancePolicy) -> dict[str, object]:
-    return {name: getattr(pol, name) for name in InstancePolicy.__dataclass_fields__}
 
 
 @pytest.fixture
