@@ -394,7 +394,10 @@ class AwsProvider:
         self, what: str, exc: Exception, passthrough: frozenset[str]
     ) -> Exception | None:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.parsers import ResponseParserError
 
+        if isinstance(exc, ResponseParserError):  # not a BotoCoreError; its text quotes the body
+            return self._env.error(f"{what} failed: the API's answer is not EC2's XML")
         if isinstance(exc, ClientError):
             if _code(exc) in passthrough:
                 return _Expected(_code(exc))

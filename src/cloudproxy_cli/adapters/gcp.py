@@ -322,10 +322,13 @@ class GcpProvider:
     def _error(self, what: str, exc: Exception) -> Exception | None:
         from google.api_core import exceptions as api_exceptions
         from google.auth import exceptions as auth_exceptions
+        from google.protobuf.json_format import ParseError  # type: ignore[import-untyped]
         from requests import RequestException
 
         hint = f"check {self._hint}"
         env = self._env
+        if isinstance(exc, ParseError):  # its text may quote the answer
+            return env.error(f"{what} failed: the API's answer could not be parsed")
         if isinstance(exc, api_exceptions.Unauthorized):
             return env.error(f"authentication failed (401); {hint}")
         if isinstance(exc, api_exceptions.Forbidden):
