@@ -155,15 +155,17 @@ def test_a_create_answered_429_is_retried_after_retry_after(
     assert standin.droplet_ids() == [created.id]
 
 
-def test_a_create_failing_with_5xx_gives_up_after_bounded_retries(
+def test_a_create_failing_with_5xx_is_not_sent_again(
     standin: DigitalOceanStandIn,
 ) -> None:
+    # After a 5xx the droplet may exist anyway (a ghost create): a second POST could make a
+    # second one. The next run lists what was made.
     standin.fail_next("create", 500, times=10)
     with pytest.raises(ProviderError) as err:
         standin.provider().create_proxy()
     assert "create droplet failed: HTTP 500" in one_line(err, standin)
-    assert standin.requests() == ["create"] * 4
-    assert len(standin.sleeps) == 3
+    assert standin.requests() == ["create"]
+    assert standin.sleeps == []
     assert standin.droplet_ids() == []
 
 

@@ -204,13 +204,22 @@ def test_create_without_an_ensured_firewall_names_none(api: VultrStandIn) -> Non
     assert "firewall_group_id" not in api.create_bodies[0]
 
 
-def test_create_retries_a_503_and_creates_once(api: VultrStandIn) -> None:
+def test_create_retries_a_429_and_creates_once(api: VultrStandIn) -> None:
     provider = api.provider()
-    api.fail_next("create", 503, retry_after=1)
+    api.fail_next("create", 429, retry_after=1)
     created = provider.create_proxy()
     assert api.requests() == ["create", "create"]
     assert api.sleeps == [1.0]
     assert [p.id for p in provider.list_proxies()] == [created.id]
+
+
+def test_create_never_resends_after_a_5xx(api: VultrStandIn) -> None:
+    # The instance may exist after a 5xx (a ghost create); a second POST could make another.
+    provider = api.provider()
+    api.fail_next("create", 503, retry_after=1)
+    with pytest.raises(ProviderError):
+        provider.create_proxy()
+    assert api.requests() == ["create"]
 
 
 def test_a_failed_create_says_why_without_user_data(api: VultrStandIn) -> None:

@@ -11,6 +11,7 @@ import requests
 from cloudproxy_cli.adapters.common import (
     Envelope,
     HttpError,
+    Retry,
     TransportError,
     classify_http,
     parse_retry_after,
@@ -41,6 +42,15 @@ def http_error(response: requests.Response, field: str, envelope: Envelope) -> H
     )
 
 
+def _classify_unsafe(exc: Exception) -> Retry | None:
+    """A POST is retried only when the API surely did not act on it (429). After a 5xx the
+    VM may exist all the same (a ghost create): sending it again could make a second one,
+    which the next run, seeing both, has to delete again."""
+    if isinstance(exc, HttpError) and exc.status >= 500:
+        return None
+    return classify_http(exc)
+
+
 @dataclass(frozen=True, slots=True)
 class RestCalls:
     """Calls to one REST API host through requests: retried on 429/5xx (and on transport
@@ -64,7 +74,8 @@ class RestCalls:
                     f"cannot reach {self.host} ({type(exc).__name__})", retryable=retryable
                 ) from None
 
-        return self.envelope.call(what, once, classify=classify_http, translate=self._translate)
+        classify = classify_http if method in IDEMPOTENT else _classify_unsafe
+        return self.envelope.call(what, once, classify=classify, translate=self._translate)
 
     def call(self, what: str, method: str, fn: Callable[[], T]) -> T:
         """``request``, with every error answer a one-line ``ProviderError``."""
