@@ -28,13 +28,14 @@ from tests.support.fakes import FakeClock
 
 AGE_LIMIT = timedelta(hours=1)
 RUN_EVERY_S = 60
-MAX_RECOVERY_RUNS = 15  # batch 1, 3 aged proxies: about 7 runs when nothing fails
+MAX_RECOVERY_RUNS = 12  # batch 2, 3 aged proxies: about 5 runs when nothing fails
 CLOUDS = ("digitalocean", "vultr", "aws")
 
 
-def fleet_policy(strategy: Strategy, *, batch: int = 1) -> InstancePolicy:
+def fleet_policy(strategy: Strategy, *, batch: int = 2, min_available: int = 1) -> InstancePolicy:
+    rolling = RollingPolicy(True, min_available, batch, strategy)
     return InstancePolicy(
-        rolling=RollingPolicy(enabled=True, min_available=2, batch_size=batch, strategy=strategy),
+        rolling=rolling,
         min_scaling=3,
         max_scaling=3 + batch,
         age_limit=AGE_LIMIT,
