@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cloudproxy_cli.adapters.state_file import StateFile
 from cloudproxy_cli.app.service import InstanceRuntime, RunReport, run_reconcile
@@ -21,7 +21,7 @@ from cloudproxy_cli.core.errors import StateError
 from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget
 from cloudproxy_cli.core.plan import DeleteKind, Plan
 from cloudproxy_cli.core.policy import InstancePolicy, RollingPolicy, Strategy
-from cloudproxy_cli.core.ports import Provider, StateStore
+from cloudproxy_cli.core.ports import Prober, Provider, StateStore
 from cloudproxy_cli.core.state import OperationStrategy
 from tests.standins.base import FaultyStandIn
 from tests.support.fakes import FakeClock
@@ -65,6 +65,22 @@ def marks_instance(tags: dict[str, str], instance: str) -> bool:
     )
 
 
+class Host(Protocol):
+    """Where a fleet lives (a stand-in cloud, this machine) and a real adapter for it."""
+
+    name: str
+    instance: str
+    provider: Provider
+
+    def boot(self) -> None:
+        """What the previous run created boots (gets its address, starts answering)."""
+        ...
+
+    def ours(self) -> set[str]:
+        """Every proxy of this instance that exists, whatever the adapter says."""
+        ...
+
+
 @dataclass
 class Cloud:
     """One stand-in and a real adapter for one instance of it."""
@@ -77,6 +93,9 @@ class Cloud:
     def __post_init__(self) -> None:
         # Two items a page, so that a fleet of 3 or more is a paginated list.
         self.provider = self.standin.provider(self.instance, page_size=2)  # type: ignore[call-arg]
+
+    def boot(self) -> None:
+        self.standin.boot_all()
 
     def ours(self) -> set[str]:
         """Every VM in the stand-in's own state that carries this instance's marks."""
@@ -115,11 +134,11 @@ def cloud(name: str, tmp_path: Path) -> Iterator[Cloud]:
 class World:
     """A fleet on ``cloud`` under ``policy``, its state in a real state file."""
 
-    cloud: Cloud
+    cloud: Host
     policy: InstancePolicy
     store: StateStore
     clock: FakeClock = field(default_factory=lambda: FakeClock(datetime.now(UTC)))
-    prober: AddressProber = field(default_factory=AddressProber)
+    prober: Prober = field(default_factory=AddressProber)
     reports: list[RunReport] = field(default_factory=list)
 
     @classmethod
@@ -134,14 +153,15 @@ class World:
         """``n`` running proxies made by the adapter, all past the age limit."""
         for _ in range(n):
             self.cloud.provider.create_proxy()
-        self.cloud.standin.boot_all()
+        self.cloud.boot()
+        assert isinstance(self.cloud, Cloud)
         for vm in self.cloud.ours():
             self.cloud.backdate(vm, 2 * AGE_LIMIT)
 
     def run(self) -> RunReport | StateError:
         """One cron run (the stand-in boots what the previous run created first), with the
         invariants checked. A run that stops on a state error returns it."""
-        self.cloud.standin.boot_all()
+        self.cloud.boot()
         before = self.cloud.ours()
         runtime = InstanceRuntime(self.key, self.cloud.provider, self.policy, proxy_port=8899)
         try:
