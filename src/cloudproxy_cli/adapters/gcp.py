@@ -475,7 +475,7 @@ def _classify(exc: Exception) -> Retry | None:
     if code == 429 or code >= 500 or rate_limited:
         response = exc.response
         header = response.headers.get("Retry-After") if response is not None else None
-        return Retry(parse_retry_after(header))
+        return Retry(parse_retry_after(header), rate_limited=rate_limited or code == 429)
     return None
 
 

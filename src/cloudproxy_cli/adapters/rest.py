@@ -18,7 +18,7 @@ from cloudproxy_cli.adapters.common import (
     parse_retry_after,
     rate_limit_wait,
 )
-from cloudproxy_cli.core.errors import ProviderError
+from cloudproxy_cli.core.errors import ProviderError, RateLimitedError
 
 log = logging.getLogger("cloudproxy")
 
@@ -95,8 +95,10 @@ class RestCalls:
         returns it, or ``None``; it raises as ``send`` does) and only if it is not there is the
         create sent again. Raises as ``request``."""
         lost: list[str] = []  # why earlier attempts' answers may hide a VM
+        looking = [False]  # whether the last failure was the look-up's
 
         def once() -> T:
+            looking[0] = bool(lost)
             try:
                 if lost:
                     found = find()
@@ -107,18 +109,32 @@ class RestCalls:
                         )  # fmt: skip
                         return found
                     lost.clear()  # not made: a new attempt is as safe as the first
+                    looking[0] = False
                 return send()
             except HttpError as exc:
-                if exc.status >= 500:
+                if exc.status >= 500 and not looking[0]:
                     lost.append(f"HTTP {exc.status}")
                 raise
             except requests.RequestException as exc:
-                if not never_sent(exc):
+                if not never_sent(exc) and not looking[0]:
                     lost.append(type(exc).__name__)
                 # Retryable either way: a resend is preceded by the look-up above.
                 raise self._transport(exc, retryable=True) from None
 
-        return self.envelope.call(what, once, classify=classify_http, translate=self._translate)
+        try:
+            return self.envelope.call(what, once, classify=classify_http, translate=self._translate)
+        except (HttpError, ProviderError) as exc:
+            if not (looking[0] and lost) or isinstance(exc, RateLimitedError):
+                raise
+            shown = (
+                exc
+                if isinstance(exc, HttpError)
+                else str(exc).removeprefix(f"{self.envelope.key}: ")
+            )
+            raise self.envelope.error(
+                f"{what}: its answer was lost ({lost[-1]}) and the look-up for what it made "
+                f"failed ({shown}); the next run adopts it if it was made"
+            ) from None
 
     def call(self, what: str, method: str, fn: Callable[[], T]) -> T:
         """``request``, with every error answer a one-line ``ProviderError``."""
