@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -60,6 +61,16 @@ def test_one_page_is_one_request(api: VultrStandIn) -> None:
     provider = api.provider()
     assert len(provider.list_proxies()) == 3
     assert api.requests() == ["list"]
+
+
+def test_the_list_uses_no_deprecated_tag_filter(api: VultrStandIn) -> None:
+    mine = api.add_vm(tags=MINE)
+    api.add_vm(tags=["cloudproxy", "cloudproxy-other"])
+    api.add_vm(tags=[])
+    assert [p.id for p in api.provider().list_proxies()] == [mine]
+    (listed,) = api.served()
+    assert "tag" not in parse_qs(listed.query)  # marked deprecated in the v2 spec
+    assert parse_qs(listed.query)["per_page"] == ["100"]
 
 
 def test_pages_are_followed_by_cursor(api: VultrStandIn) -> None:
