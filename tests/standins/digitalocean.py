@@ -295,7 +295,7 @@ class DigitalOceanStandIn:
         path = url.path.rstrip("/")
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         kind = classify(method, path)
-        self._log.add(Served(kind, method, path))
+        self._log.add(Served(kind, method, path, url.query))
         return inject(
             self.failures.take(kind),
             lambda: self._serve(method, path, query, authorization, raw_body),

@@ -196,6 +196,7 @@ class Served:
     kind: Kind
     method: str
     path: str
+    query: str = ""  # as sent, undecoded
 
 
 class RequestLog(Generic[R]):

@@ -203,6 +203,10 @@ class VultrStandIn:
     def requests(self) -> list[Kind]:
         return self._log.kinds()
 
+    def served(self) -> list[Served]:
+        """Every request since ``reset_requests``, with its method, path and query."""
+        return self._log.entries()
+
     def reset_requests(self) -> None:
         self._log.clear()
 
@@ -242,7 +246,7 @@ class VultrStandIn:
         path = url.path.rstrip("/")
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         kind = classify(method, path)
-        self._log.add(Served(kind, method, path))
+        self._log.add(Served(kind, method, path, url.query))
         return inject(
             self.failures.take(kind),
             lambda: self._serve(method, path, query, authorization, raw_body),

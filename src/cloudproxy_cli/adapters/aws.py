@@ -90,9 +90,10 @@ def _classify(exc: Exception) -> Retry | None:
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
     if isinstance(exc, ClientError):
-        if _status(exc) == 429 or _status(exc) >= 500 or _code(exc) in _THROTTLE_CODES:
+        throttled = _status(exc) == 429 or _code(exc) in _THROTTLE_CODES
+        if throttled or _status(exc) >= 500:
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-            return Retry(parse_retry_after(headers.get("retry-after")))
+            return Retry(parse_retry_after(headers.get("retry-after")), rate_limited=throttled)
         return None
     if isinstance(exc, HTTPClientError | BotoConnectionError):
         return Retry()

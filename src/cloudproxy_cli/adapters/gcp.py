@@ -23,7 +23,6 @@ from cloudproxy_cli.adapters.common import (
     allowed_cidrs,
     firewall_name,
     guarded_delete,
-    instance_labels,
     instance_tag,
     owns_labels,
     paginate,
@@ -54,6 +53,10 @@ RETRIED_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 # Instance, firewall and network-tag names (RFC 1035 labels, at most 63 characters).
 GCE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 GCE_NAME_MAX = 63
+# The instance label of the VMs this adapter creates: underscored, a key the list filter grammar
+# certainly accepts. VMs made before carry the shared hyphenated key, and stay ours.
+GCP_INSTANCE_KEY = "cloudproxy_instance"
+LEGACY_INSTANCE_KEY = INSTANCE_KEY
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,8 @@ class GcpMachine:
 
 class GcpProvider:
     """The proxies of one GCP instance: VMs in ``project``/``zone`` labelled ``cloudproxy=true``
-    and ``cloudproxy-instance=<instance>``, with the network tag its firewall targets."""
+    and ``cloudproxy_instance=<instance>`` (or, made by an earlier version,
+    ``cloudproxy-instance=<instance>``), with the network tag its firewall targets."""
 
     def __init__(
         self,
@@ -93,7 +97,7 @@ class GcpProvider:
         self._project = project
         self._zone = machine.zone
         self._tag = instance_tag(instance)
-        self._labels = instance_labels(instance)
+        self._labels = {TAG: "true", GCP_INSTANCE_KEY: instance}
         self._hint = credentials_hint  # which settings hold the key, for auth errors
         self._max_pages = max_pages
         self._env = Envelope(
@@ -288,7 +292,10 @@ class GcpProvider:
         request = compute_v1.ListInstancesRequest(
             project=self._project,
             zone=self._zone,
-            filter=f'(labels.{TAG} = "true") AND (labels.{INSTANCE_KEY} = "{self._instance}")',
+            # Only the plain key: the hyphenated instance key of older VMs may not parse in a
+            # filter, and both keys are read below, so every cloudproxy VM of the zone is
+            # listed and each instance keeps its own (one request, as before).
+            filter=f'labels.{TAG} = "true"',
             max_results=PAGE_SIZE,
         )
         if token:
@@ -405,7 +412,10 @@ class GcpProvider:
     # --- small helpers -------------------------------------------------------------------
 
     def _is_ours(self, labels: Any) -> bool:
-        return owns_labels(dict(labels), self._instance, tag_value="true")
+        found = dict(labels)
+        if GCP_INSTANCE_KEY in found:  # the current key decides, whatever an old one says
+            found[LEGACY_INSTANCE_KEY] = found.pop(GCP_INSTANCE_KEY)
+        return owns_labels(found, self._instance, tag_value="true")
 
     def _to_proxy(self, vm: compute_v1.Instance) -> Proxy:
         if not vm.creation_timestamp:
@@ -475,7 +485,7 @@ def _classify(exc: Exception) -> Retry | None:
     if code == 429 or code >= 500 or rate_limited:
         response = exc.response
         header = response.headers.get("Retry-After") if response is not None else None
-        return Retry(parse_retry_after(header))
+        return Retry(parse_retry_after(header), rate_limited=rate_limited or code == 429)
     return None
 
 

@@ -322,7 +322,10 @@ class HetznerProvider:
             if not transient:
                 return None
             header = response.headers.get("Retry-After") if response is not None else None
-            return Retry(parse_retry_after(header))
+            # Not RateLimit-Reset: Hetzner's is when the bucket is full again, while the next
+            # request is allowed as soon as one token is back (a second).
+            limited = exc.code == "rate_limit_exceeded" or status == 429
+            return Retry(parse_retry_after(header), rate_limited=limited)
         if isinstance(exc, requests.ConnectionError | requests.Timeout):
             return Retry()
         return None

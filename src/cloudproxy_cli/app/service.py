@@ -14,6 +14,7 @@ from cloudproxy_cli.core.errors import (
     FirewallMissingError,
     ProviderError,
     ProxyNotFoundError,
+    RateLimitedError,
 )
 from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget, Proxy
 from cloudproxy_cli.core.outcomes import apply_outcomes
@@ -89,10 +90,13 @@ def _execute(
     done: list[ActionOutcome] = []
     firewall_error: str | None = None
     firewall_checked = False
+    backed_off: str | None = None  # the API asked this instance to stop calling for this run
     actions: list[CreateAction | DeleteAction] = [*plan.deletes, *plan.creates]
     for action in actions:
         outcome: ActionOutcome
         try:
+            if backed_off is not None:
+                raise ProviderError(f"not attempted: {backed_off}")
             if isinstance(action, DeleteAction):
                 runtime.provider.delete_proxy(action.proxy_id)
                 outcome = ActionOutcome(action, ok=True)
@@ -114,6 +118,10 @@ def _execute(
                 created = runtime.provider.create_proxy()
                 outcome = ActionOutcome(action, ok=True, created=created)
                 log.info("Created %s in %s: %s", created.id, plan.key, action.reason)
+        except RateLimitedError as exc:
+            backed_off = str(exc)
+            outcome = ActionOutcome(action, ok=False, error=backed_off)
+            log.error("%s: stopping its actions for this run: %s", plan.key, exc)
         except FirewallMissingError as exc:
             firewall[0] = None  # found (or made) again by the next run that creates
             outcome = ActionOutcome(action, ok=False, error=str(exc))
