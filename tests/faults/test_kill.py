@@ -167,4 +167,5 @@ def test_a_run_killed_at_any_action_loses_nothing(case: Case, tmp_path: Path) ->
         outcome = "recovered"
     finally:
         standin.close()
-        record("faults", f"SIGKILL {'before' if case.before else 'after'} an action", outcome)
+        when = "before" if case.before else "after"
+        record("faults", f"SIGKILL {when} an action", outcome, provider="digitalocean")

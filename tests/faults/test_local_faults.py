@@ -160,7 +160,7 @@ def test_a_proxy_process_that_dies_is_replaced(strategy: Strategy, tmp_path: Pat
             assert victim["id"] not in host.ours()
             outcome = "recovered"
     finally:
-        record("faults", "local: a proxy process is SIGKILLed", outcome)
+        record("faults", "local: a proxy process is SIGKILLed", outcome, provider="local")
 
 
 def test_a_replacement_killed_while_booting_is_replaced(tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_a_replacement_killed_while_booting_is_replaced(tmp_path: Path) -> None:
             assert young[0]["id"] not in host.ours()
             outcome = "recovered"
     finally:
-        record("faults", "local: a booting replacement is SIGKILLed", outcome)
+        record("faults", "local: a booting replacement is SIGKILLed", outcome, provider="local")
 
 
 @contextmanager
@@ -213,4 +213,4 @@ def test_a_full_inventory_disk_leaves_no_orphan_process(at_create: int, tmp_path
                 w.recover(LOCAL_RECOVERY_RUNS)
                 outcome = "recovered"
     finally:
-        record("faults", "local: the inventory disk is full at a create", outcome)
+        record("faults", "local: the inventory disk is full at a create", outcome, provider="local")

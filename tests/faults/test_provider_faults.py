@@ -9,11 +9,15 @@ exceeded, no recycle took availability below the minimum, and no create passed M
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cloudproxy_cli.core.policy import Strategy
 from tests.faults.reliability import Outcome, record
@@ -93,3 +97,42 @@ def test_fleet_recovers_from_a_failing_provider_call(case: Case, tmp_path: Path)
             outcome = "refused cleanly, then recovered" if refused else "recovered"
         finally:
             record("faults", case.fault_class, outcome, provider=case.provider)
+
+
+# --- random sequences of faults --------------------------------------------------------------
+
+# One run's faults: (fault, kind, times) for each of a few queued faults.
+run_faults = st.lists(
+    st.tuples(st.sampled_from(FAULTS), st.sampled_from(ALL), st.integers(1, 3)), max_size=3
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("CLOUDPROXY_FAULT_EXAMPLES", "20")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    provider=st.sampled_from(["digitalocean", "vultr"]),
+    strategy=st.sampled_from(Strategy),
+    runs=st.lists(run_faults, min_size=1, max_size=4),
+)
+def test_fleet_recovers_from_random_fault_sequences(
+    provider: str, strategy: Strategy, runs: list[list[tuple[Fault, Kind, int]]]
+) -> None:
+    """Several runs in a row, each meeting a few random faults, then runs without."""
+    outcome: Outcome = "failed"
+    with tempfile.TemporaryDirectory() as tmp, cloud(provider, Path(tmp)) as c:
+        try:
+            w = World.make(c, fleet_policy(strategy), Path(tmp) / "state.json")
+            w.seed_aged()
+            for faults in runs:
+                for fault, kind, times in faults:
+                    c.standin.failures.add(kind, fault.make(), times=times, skip=fault.skip)
+                w.run()
+            refused = any(r.instances[0].error is not None for r in w.reports)
+            c.standin.failures.clear()
+            w.recover()
+            outcome = "refused cleanly, then recovered" if refused else "recovered"
+        finally:
+            record("faults", "random sequence of provider faults", outcome, provider=provider)

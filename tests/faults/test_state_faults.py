@@ -189,4 +189,6 @@ def test_a_failed_state_write_loses_nothing(case: Case, tmp_path: Path) -> None:
             outcome = "refused cleanly, then recovered"
         finally:
             mend()
-            record("faults", f"state write: {case.fault}, {disk.how}", outcome)
+            record(
+                "faults", f"state write: {case.fault}, {disk.how}", outcome, provider=case.provider
+            )
