@@ -18,7 +18,7 @@ from cloudproxy_cli.core.errors import ProviderError
 from cloudproxy_cli.core.model import Proxy
 from cloudproxy_cli.core.plan import Plan
 from cloudproxy_cli.core.policy import InstancePolicy, Strategy
-from tests.support.cli import Cli
+from tests.support.cli import Cli, one_line_error
 from tests.support.fakes import FakeProvider
 from tests.support.harness import Harness, policy
 from tests.support.local_proxies import stop_local_proxies
@@ -229,3 +229,14 @@ def test_reconcile_that_reaches_a_cap_warns_and_exits_6(cli: Cli) -> None:
     shown = cli.json("config", "show", "--json", **env)["settings"]
     row = next(s for s in shown if s["name"] == "max_creates_per_run")
     assert row["value"] == "1" and "MAX_CREATES_PER_RUN" in row["source"]
+
+
+def test_max_creates_per_run_is_read_from_toml_and_checked(cli: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "cloudproxy.toml"
+    config.write_text("max_creates_per_run = 4\n[providers.local.default]\nenabled = true\n")
+    shown = cli.json("config", "show", "--json", CLOUDPROXY_CONFIG=str(config))["settings"]
+    row = next(s for s in shown if s["name"] == "max_creates_per_run")
+    assert row["value"] == "4" and str(config) in row["source"]
+    bad = cli.run("config", "show", CLOUDPROXY_CONFIG=str(config), MAX_CREATES_PER_RUN="-1")
+    assert bad.returncode == 4
+    assert "MAX_CREATES_PER_RUN" in one_line_error(bad)
