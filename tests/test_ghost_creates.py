@@ -98,9 +98,12 @@ def test_a_refused_create_is_sent_again_at_once(keyless: FaultyStandIn) -> None:
     assert keyless.requests() == ["create", "create"]  # a 429 made nothing: no look-up
 
 
-def test_a_lost_answer_not_found_is_sent_again_once(keyless: FaultyStandIn) -> None:
+@pytest.mark.parametrize("failed", [Failure.error(503), Failure.drop()], ids=["503", "dropped"])
+def test_a_lost_answer_not_found_is_sent_again_once(
+    keyless: FaultyStandIn, failed: Failure
+) -> None:
     provider = keyless.provider()
-    keyless.failures.add("create", Failure.error(503))  # failed for real: nothing made
+    keyless.failures.add("create", failed)  # failed for real, before anything was made
     created = provider.create_proxy()
     assert keyless.vm_ids() == [created.id]
     assert keyless.requests() == ["create", "list", "create"]

@@ -42,9 +42,9 @@ def test_a_ghost_create_makes_the_vm_and_loses_the_answer(standin: FaultyStandIn
         provider.create_proxy()
     except ProviderError as exc:
         assert_one_line_without_secrets(str(exc), standin)
-    served = standin.requests().count("create")
-    assert served >= 1
-    assert len(standin.vm_ids()) == 1 if standin.name in {"aws", "gcp", "hetzner"} else served
+    assert standin.requests().count("create") >= 1
+    # Idempotent creates (ClientToken, requestId, unique names) or a look-up before a resend.
+    assert len(standin.vm_ids()) == 1
 
 
 def test_a_dropped_connection_fails_the_list(standin: FaultyStandIn) -> None:

@@ -226,6 +226,7 @@ class AwsStandIn:
         self._ready: set[str] = set()  # accounts whose moto backend is set up
         self._log: RequestLog[_Request] = RequestLog()
         self.failures: FailureQueue[Failure] = FailureQueue()  # see tests/standins/http.py
+        self.answers: dict[str, bytes] = {}  # the last 200 answer of each action, as sent
         # RunInstances answers by (account, ClientToken): EC2 launches once per token.
         self._client_tokens: dict[tuple[str, str], _Served] = {}
         self._lock = threading.RLock()
@@ -488,6 +489,8 @@ class AwsStandIn:
                 raise ConnectionAbortedError("dropped by the stand-in") from None
             except RawAnswer as raw:
                 answer = _Served(_status_line(raw.status), list(raw.headers.items()), raw.payload)
+        if key is not None and answer.status.startswith("200"):
+            self.answers[action] = answer.body
         headers = [(k, v) for k, v in answer.headers if k.lower() != "content-length"]
         start_response(answer.status, [*headers, ("Content-Length", str(len(answer.body)))])
         return [answer.body]

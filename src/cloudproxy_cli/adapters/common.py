@@ -8,6 +8,7 @@ import logging
 import secrets as _secrets
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -266,6 +267,18 @@ class Envelope:
     def error(self, message: str) -> ProviderError:
         """``ProviderError("<key>: <message>")``, the whole message scrubbed."""
         return ProviderError(f"{self.key}: {one_line(message, self.secrets, MAX_ERROR)}")
+
+    @contextmanager
+    def reading(self, what: str) -> Iterator[None]:
+        """Reading an API's answer (an SDK's parse of it, or our own): a field missing or of the
+        wrong type or shape is a ``ProviderError``, never an ``AttributeError`` or ``KeyError``
+        that would crash the whole run. The exception's text may quote the answer: not shown."""
+        try:
+            yield
+        except (AttributeError, LookupError, TypeError, ValueError) as exc:
+            raise self.error(
+                f"{what}: unexpected answer from the API ({type(exc).__name__})"
+            ) from None
 
     def call(
         self,

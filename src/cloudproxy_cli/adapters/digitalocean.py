@@ -125,12 +125,14 @@ class DigitalOceanProvider:
         proxies = []
         owned = set()
         params = {"tag_name": self._tag}
-        for droplet in self._pages("droplets", "droplets", "list droplets", params):
-            if not owns_tags(droplet.get("tags"), self._instance):
-                continue  # the tag filter matched, but the other mark is missing
-            proxy = self._to_proxy(droplet)
-            owned.add(proxy.id)
-            proxies.append(proxy)
+        with self._env.reading("list droplets"):
+            for droplet in self._pages("droplets", "droplets", "list droplets", params):
+                self._droplet_id(droplet)  # even one not ours: a garbled list is no list
+                if not owns_tags(droplet.get("tags"), self._instance):
+                    continue  # the tag filter matched, but the other mark is missing
+                proxy = self._to_proxy(droplet)
+                owned.add(proxy.id)
+                proxies.append(proxy)
         self._owned = owned
         return proxies
 
@@ -177,7 +179,8 @@ class DigitalOceanProvider:
         droplet = answer.get("droplet") if isinstance(answer, dict) else None
         if not isinstance(droplet, dict):
             raise self._env.error("create droplet: the answer names no droplet")
-        proxy = self._to_proxy(droplet)
+        with self._env.reading("create droplet"):
+            proxy = self._to_proxy(droplet)
         self._owned.add(proxy.id)
         return proxy
 
@@ -327,7 +330,10 @@ class DigitalOceanProvider:
                 raise self._env.error(f"{what}: the API's next-page link names no page") from None
             if following is not None and following <= number:
                 raise self._env.error(f"{what}: the API's next page goes backwards")
-            return [item for item in items if isinstance(item, dict)], following
+            if not all(isinstance(item, dict) for item in items):
+                # Skipping it could hide a VM of ours, and the engine would create another.
+                raise self._env.error(f"{what}: the answer lists an item that is not an object")
+            return items, following
 
         return paginate(fetch, fail=self._env.error, what=what)
 
@@ -376,11 +382,15 @@ class DigitalOceanProvider:
             f"{self._token_env} has the droplet, firewall and tag scopes"
         )
 
-    def _to_proxy(self, droplet: dict[str, Any]) -> Proxy:
-        if not str(droplet.get("id") or "").isdigit():
+    def _droplet_id(self, droplet: dict[str, Any]) -> str:
+        found = droplet.get("id")
+        if isinstance(found, bool) or not str(found or "").isdigit():
             raise self._env.error("the API listed a droplet without a valid id")
+        return str(found)
+
+    def _to_proxy(self, droplet: dict[str, Any]) -> Proxy:
         return Proxy(
-            id=str(droplet["id"]),
+            id=self._droplet_id(droplet),
             created_at=self._created_at(droplet),
             ip=_public_ipv4(droplet),
         )

@@ -56,6 +56,7 @@ GCE_NAME_MAX = 63
 # The instance label of the VMs this adapter creates: underscored, a key the list filter grammar
 # certainly accepts. VMs made before carry the shared hyphenated key, and stay ours.
 GCP_INSTANCE_KEY = "cloudproxy_instance"
+LIST_KIND = "compute#instanceList"  # what every instances.list answer says it is
 LEGACY_INSTANCE_KEY = INSTANCE_KEY
 
 
@@ -130,15 +131,22 @@ class GcpProvider:
     def list_proxies(self) -> list[Proxy]:
         def fetch(token: str | None) -> tuple[Iterable[compute_v1.Instance], str | None]:
             page = self._call("list", functools.partial(self._list_page, token or ""))
+            if page.kind != LIST_KIND:
+                # The SDK reads any JSON object as a list, `{}` as an empty one: only the
+                # API's own kind tells an empty list from an answer that is not one.
+                raise self._env.error("list failed: the API's answer is not an instance list")
             return page.items, page.next_page_token or None
 
         # The filter is the server's; ownership is checked here too, so a filter the server
         # misread could never hand us someone else's VM.
-        proxies = [
-            self._to_proxy(vm)
-            for vm in paginate(fetch, fail=self._env.error, what="list", max_pages=self._max_pages)
-            if self._is_ours(vm.labels)
-        ]
+        with self._env.reading("list"):
+            proxies = [
+                self._to_proxy(vm)
+                for vm in paginate(
+                    fetch, fail=self._env.error, what="list", max_pages=self._max_pages
+                )
+                if self._named(vm) and self._is_ours(vm.labels)
+            ]
         self._owned = {p.id for p in proxies}
         return proxies
 
@@ -203,7 +211,8 @@ class GcpProvider:
         )
         self._owned.add(name)
         done = self._wait(operation, "create", zonal=True)
-        created = _parse_time(done.insert_time) if done.insert_time else datetime.now(UTC)
+        with self._env.reading("create"):
+            created = _parse_time(done.insert_time) if done.insert_time else datetime.now(UTC)
         return Proxy(id=name, created_at=created)
 
     def delete_proxy(self, proxy_id: str) -> None:
@@ -334,7 +343,9 @@ class GcpProvider:
 
         hint = f"check {self._hint}"
         env = self._env
-        if isinstance(exc, ParseError):  # its text may quote the answer
+        if isinstance(exc, ParseError | AttributeError | LookupError | TypeError | ValueError):
+            # The SDK's parse of a malformed answer (or a request built from one); its text
+            # may quote the answer.
             return env.error(f"{what} failed: the API's answer could not be parsed")
         if isinstance(exc, api_exceptions.Unauthorized):
             return env.error(f"authentication failed (401); {hint}")
@@ -416,6 +427,12 @@ class GcpProvider:
         if GCP_INSTANCE_KEY in found:  # the current key decides, whatever an old one says
             found[LEGACY_INSTANCE_KEY] = found.pop(GCP_INSTANCE_KEY)
         return owns_labels(found, self._instance, tag_value="true")
+
+    def _named(self, vm: compute_v1.Instance) -> bool:
+        """True; even a VM not ours without a valid name makes the list a garbled one."""
+        if not GCE_NAME.fullmatch(vm.name):
+            raise self._env.error("list failed: the API listed an instance without a valid name")
+        return True
 
     def _to_proxy(self, vm: compute_v1.Instance) -> Proxy:
         if not vm.creation_timestamp:

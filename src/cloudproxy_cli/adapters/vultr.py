@@ -114,12 +114,14 @@ class VultrProvider:
         # Every instance of the account, page by page: the v2 spec marks the `tag` filter
         # deprecated and offers none that fits (label, hostname, region... name one VM or a
         # place), so ownership is decided here, by both tags.
-        for item in self._pages("/instances", "instances", "list instances"):
-            if not owns_tags(item.get("tags"), self._instance):
-                continue  # another instance's, or not ours at all
-            proxy = self._to_proxy(item)
-            owned.add(proxy.id)
-            proxies.append(proxy)
+        with self._env.reading("list instances"):
+            for item in self._pages("/instances", "instances", "list instances"):
+                self._item_id(item)  # even one not ours: a garbled list is no list
+                if not owns_tags(item.get("tags"), self._instance):
+                    continue  # another instance's, or not ours at all
+                proxy = self._to_proxy(item)
+                owned.add(proxy.id)
+                proxies.append(proxy)
         self._owned = owned
         return proxies
 
@@ -165,7 +167,8 @@ class VultrProvider:
         item = answer.get("instance") if isinstance(answer, dict) else None
         if not isinstance(item, dict) or not item.get("id"):
             raise self._env.error("create instance: the answer names no instance")
-        proxy = self._to_proxy(item)
+        with self._env.reading("create instance"):
+            proxy = self._to_proxy(item)
         self._owned.add(proxy.id)
         return proxy
 
@@ -283,7 +286,10 @@ class VultrProvider:
             following = links.get("next") if isinstance(links, dict) else None
             if following and not isinstance(following, str):
                 raise self._env.error(f"{what}: the API's page cursor is not text")
-            return [item for item in items if isinstance(item, dict)], following or None
+            if not all(isinstance(item, dict) for item in items):
+                # Skipping it could hide a VM of ours, and the engine would create another.
+                raise self._env.error(f"{what}: the answer lists an item that is not an object")
+            return items, following or None
 
         return paginate(fetch, fail=self._env.error, what=what)
 
@@ -323,10 +329,16 @@ class VultrProvider:
             hint += " and the API key's allowed IP ranges"
         return self._env.error(f"authentication failed ({exc.status}); {hint}")
 
+    def _item_id(self, item: dict[str, Any]) -> str:
+        vm_id = item.get("id")
+        if not isinstance(vm_id, str) or not vm_id:
+            raise self._env.error("the API listed an instance without a valid id")
+        return vm_id
+
     def _to_proxy(self, item: dict[str, Any]) -> Proxy:
         ip = item.get("main_ip")
         return Proxy(
-            id=str(item["id"]),
+            id=self._item_id(item),
             created_at=self._created_at(item),
             ip=ip if isinstance(ip, str) and ip not in _NO_ADDRESS else None,
         )

@@ -1,0 +1,1 @@
+"""Property-based tests that feed the tool what no well-behaved peer sends."""
