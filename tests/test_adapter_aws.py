@@ -15,7 +15,12 @@ from cloudproxy_cli.adapters.aws import AwsProvider
 from cloudproxy_cli.adapters.user_data import render_user_data
 from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import AwsSettings
-from cloudproxy_cli.core.errors import ConfigError, FirewallMissingError, ProviderError
+from cloudproxy_cli.core.errors import (
+    ConfigError,
+    FirewallMissingError,
+    ProviderError,
+    RateLimitedError,
+)
 from tests.standins.aws import (
     PROXY_PORT,
     REGION,
@@ -491,7 +496,7 @@ def test_5xx_until_retries_are_exhausted_is_a_one_line_error(standin: AwsStandIn
 def test_a_server_asking_for_a_long_wait_is_not_waited_for(standin: AwsStandIn) -> None:
     provider = standin.provider()
     standin.fail_next("list", 429, retry_after=3600)
-    with pytest.raises(ProviderError, match="RequestLimitExceeded"):
+    with pytest.raises(RateLimitedError, match=r"rate limited until .*Z \(Retry-After\)$"):
         provider.list_proxies()
     assert standin.requests() == ["list"]
     assert standin.sleeps == []

@@ -95,16 +95,36 @@ def test_an_endless_next_page_token_stops_at_the_page_bound(standin: GcpStandIn)
     assert standin.requests() == ["list"] * 7
 
 
-def test_one_page_is_one_request_with_both_labels_in_the_filter(standin: GcpStandIn) -> None:
+def test_one_page_is_one_request_filtered_by_the_plain_label(standin: GcpStandIn) -> None:
     gcp = provider(standin)
     gcp.create_proxy()
     standin.reset_requests()
     gcp.list_proxies()
     assert standin.requests() == ["list"]
     (request,) = standin.requests_of("list")
-    assert request.query["filter"] == (
-        '(labels.cloudproxy = "true") AND (labels.cloudproxy-instance = "default")'
-    )
+    # No hyphenated key in the filter; the instance label (either key) is checked here.
+    assert request.query["filter"] == 'labels.cloudproxy = "true"'
+
+
+def test_vms_labelled_with_the_old_instance_key_stay_ours(standin: GcpStandIn) -> None:
+    gcp = provider(standin)
+    old = standin.add_foreign_vm(instance="default")  # cloudproxy-instance=default
+    assert standin.vm_tags(old)["cloudproxy-instance"] == "default"
+    new = gcp.create_proxy()
+    assert "cloudproxy-instance" not in standin.vm_tags(new.id)
+    assert standin.vm_tags(new.id)["cloudproxy_instance"] == "default"
+    assert sorted(p.id for p in gcp.list_proxies()) == sorted([old, new.id])
+    gcp.delete_proxy(old)  # owned under the old key: deletable
+    assert not standin.vm_exists(old)
+
+
+def test_the_new_instance_key_decides_over_an_old_one(standin: GcpStandIn) -> None:
+    gcp = provider(standin)
+    relabelled = standin.add_foreign_vm(instance="default")
+    standin.vms[relabelled]["labels"]["cloudproxy_instance"] = "other"
+    assert gcp.list_proxies() == []
+    gcp.delete_proxy(relabelled)
+    assert standin.vm_exists(relabelled)
 
 
 def test_created_at_is_utc_from_a_pacific_timestamp(standin: GcpStandIn) -> None:
@@ -141,8 +161,19 @@ def test_no_ip_until_booted(standin: GcpStandIn) -> None:
         {"cloudproxy": "true"},
         {"cloudproxy-instance": "default"},
         {"cloudproxy": "true", "cloudproxy-instance": "other"},
+        {"cloudproxy_instance": "default"},
+        {"cloudproxy": "true", "cloudproxy_instance": "other"},
+        {"cloudproxy": "yes", "cloudproxy_instance": "default"},
     ],
-    ids=["unlabelled", "no-instance-label", "no-cloudproxy-label", "other-instance"],
+    ids=[
+        "unlabelled",
+        "no-instance-label",
+        "no-cloudproxy-label",
+        "other-instance",
+        "new-key-no-cloudproxy-label",
+        "new-key-other-instance",
+        "cloudproxy-not-true",
+    ],
 )
 def test_foreign_vms_are_invisible_and_undeletable(
     standin: GcpStandIn, labels: dict[str, str]
@@ -177,7 +208,7 @@ def test_instances_sharing_a_project_see_only_their_own(standin: GcpStandIn) -> 
     assert [p.id for p in second.list_proxies()] == [b.id]
     second.delete_proxy(a.id)
     assert standin.vm_exists(a.id)
-    assert standin.vm_tags(b.id)["cloudproxy-instance"] == "second"
+    assert standin.vm_tags(b.id)["cloudproxy_instance"] == "second"
 
 
 def test_accounts_in_two_projects_each_use_their_own_key(standin: GcpStandIn) -> None:
@@ -210,7 +241,7 @@ def test_create_sends_one_insert_with_labels_tag_and_user_data(standin: GcpStand
     (insert,) = standin.requests_of("create")
     body = insert.body or {}
     assert body["name"] == created.id
-    assert body["labels"] == {"cloudproxy": "true", "cloudproxy-instance": "default"}
+    assert body["labels"] == {"cloudproxy": "true", "cloudproxy_instance": "default"}
     assert body["tags"] == {"items": ["cloudproxy-default"]}
     assert body["metadata"]["items"] == [
         {"key": "startup-script", "value": render_user_data(PROXY)}

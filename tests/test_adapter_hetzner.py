@@ -13,7 +13,7 @@ from cloudproxy_cli.adapters.common import ProxySettings
 from cloudproxy_cli.adapters.user_data import render_user_data
 from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import HetznerSettings
-from cloudproxy_cli.core.errors import ProviderError
+from cloudproxy_cli.core.errors import ProviderError, RateLimitedError
 from tests.standins.hetzner import (
     PROXY,
     ApiError,
@@ -223,7 +223,7 @@ def test_429_waits_what_retry_after_says_then_succeeds(hz: HetznerStandIn) -> No
 
 def test_a_retry_after_beyond_the_cap_fails_now(hz: HetznerStandIn) -> None:
     hz.fail_next("list", 429, retry_after=3600)
-    with pytest.raises(ProviderError, match=r"rate_limit_exceeded"):
+    with pytest.raises(RateLimitedError, match=r"rate limited until .*Z \(Retry-After\)$"):
         hz.provider().list_proxies()
     assert hz.slept == []
     assert hz.requests() == ["list"]

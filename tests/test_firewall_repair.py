@@ -165,7 +165,7 @@ class HetznerView(ByName):
     rules_key, port_key = "rules", "port"
 
     def fail_repair(self) -> None:
-        self.standin._failures.add("firewall", Failure(403), skip=1)
+        self.standin.failures.add("firewall", Failure(403), skip=1)
 
     def _firewalls(self) -> dict[Any, dict[str, Any]]:
         firewalls: dict[Any, dict[str, Any]] = self.standin.projects["a"].firewalls
@@ -182,7 +182,7 @@ class GcpView(View):
     key = ("proj-default", NAME)
 
     def fail_repair(self) -> None:
-        self.standin._failures.add("firewall", GcpFailure(403, None, None), skip=1)
+        self.standin.failures.add("firewall", GcpFailure(403), skip=1)
 
     def rules(self) -> set[Rule] | None:
         ours = self.standin.firewalls.get(self.key)

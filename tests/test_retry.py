@@ -23,7 +23,7 @@ from cloudproxy_cli.adapters.common import (
     utc_datetime,
     vm_name,
 )
-from cloudproxy_cli.core.errors import ProviderError
+from cloudproxy_cli.core.errors import ProviderError, RateLimitedError
 
 
 class Transient(Exception):
@@ -74,7 +74,7 @@ def test_gives_up_after_the_bound() -> None:
 def test_a_long_retry_after_is_not_waited_for() -> None:
     slept: list[float] = []
     fn, calls = flaky([Transient(after=3600)])
-    with pytest.raises(Transient):
+    with pytest.raises(RateLimitedError, match=r"^x: the API asks to wait until \d\d:\d\d:\d\dZ"):
         call_with_retries(fn, what="x", classify=classify, sleep=slept.append)
     assert slept == [] and len(calls) == 1
 

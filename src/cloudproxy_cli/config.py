@@ -268,6 +268,8 @@ class Settings(BaseModel):
     rolling_min_available: NonNegativeInt = 3
     rolling_batch_size: PositiveInt = 2
     rolling_strategy: StrategyName = Strategy.REPLACE
+    # Creates one run may make per instance; None: ROLLING_BATCH_SIZE + the MIN_SCALING deficit.
+    max_creates_per_run: Annotated[NonNegativeInt | None, BeforeValidator(_blank_to_none)] = None
     proxy_username: OptionalText = None
     proxy_password: OptionalSecret = None
     proxy_port: Port = 8899

@@ -33,7 +33,9 @@ def standin(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StandIn]
 def marks_instance(tags: dict[str, str], instance: str) -> bool:
     """Both marks: ``cloudproxy`` and this instance's (a tag or a key=value label)."""
     return "cloudproxy" in tags and (
-        f"cloudproxy-{instance}" in tags or tags.get("cloudproxy-instance") == instance
+        f"cloudproxy-{instance}" in tags
+        or tags.get("cloudproxy-instance") == instance
+        or tags.get("cloudproxy_instance") == instance  # GCP's current label key
     )
 
 

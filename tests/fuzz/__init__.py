@@ -1,1 +1,2 @@
-"""Property-based fuzzing of configuration, command line, state files and local inventory."""
+"""Property-based fuzzing: configuration, command line, state files, local inventory and
+provider responses: what no well-behaved peer sends."""

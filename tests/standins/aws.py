@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -9,6 +10,7 @@ import io
 import itertools
 import re
 import secrets
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -39,11 +41,13 @@ from cloudproxy_cli.app import factories
 from cloudproxy_cli.config import AwsSettings
 from tests.standins.base import Kind
 from tests.standins.http import (
+    Dropped,
     Failure,
     FailureQueue,
     LoopbackServer,
+    RawAnswer,
     RequestLog,
-    retry_after_header,
+    inject,
 )
 
 REGION = "us-east-1"
@@ -100,6 +104,7 @@ _AUTHORIZATION = re.compile(
 )
 _INSTANCE_ID = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
 
+_XML = "text/xml;charset=UTF-8"
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 
@@ -184,8 +189,11 @@ class _Request:
 
 @dataclass
 class _Served:
+    """An answer: its status line, headers and body."""
+
     status: str = ""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
 
 
 class _QuietHandler(MotoRequestHandler):
@@ -218,7 +226,10 @@ class AwsStandIn:
         self._issued: dict[tuple[str, str], Key] = {}  # by (account, instance)
         self._ready: set[str] = set()  # accounts whose moto backend is set up
         self._log: RequestLog[_Request] = RequestLog()
-        self._failures: FailureQueue[Failure] = FailureQueue()
+        self.failures: FailureQueue[Failure] = FailureQueue()  # see tests/standins/http.py
+        self.answers: dict[str, bytes] = {}  # the last 200 answer of each action, as sent
+        # RunInstances answers by (account, ClientToken): EC2 launches once per token.
+        self._client_tokens: dict[tuple[str, str], _Served] = {}
         self._lock = threading.RLock()
         self._addresses = itertools.count(1)
         self._moto = DomainDispatcherApplication(create_backend_app)
@@ -346,6 +357,15 @@ class AwsStandIn:
         vm = self.instance(vm_id)
         return vm is not None and vm.state not in _GONE_STATES
 
+    def vm_ids(self) -> list[str]:
+        with self._lock:
+            return [
+                str(vm.id)
+                for account in list(self._ready)
+                for vm in ec2_backends[account][REGION].all_instances()
+                if vm.state not in _GONE_STATES
+            ]
+
     def vm_tags(self, vm_id: str) -> dict[str, str]:
         vm = self.instance(vm_id)
         assert vm is not None, vm_id
@@ -438,7 +458,7 @@ class AwsStandIn:
         skip: int = 0,
     ) -> None:
         """As ``StandIn.fail_next``; ``skip``: serve that many requests of ``kind`` first."""
-        self._failures.add(kind, Failure(status, retry_after), times=times, skip=skip)
+        self.failures.add(kind, Failure(status, retry_after), times=times, skip=skip)
 
     def requests(self) -> list[Kind]:
         return self._log.kinds()
@@ -461,47 +481,66 @@ class AwsStandIn:
         kind = classify(action, params)
         key = self._signed_by(environ, body)
         self._log.add(_Request(kind, action, params, environ.get("HTTP_X_AMZ_SECURITY_TOKEN")))
-        # An unsigned request is refused before it can take an injected failure.
-        failure = self._failures.take(kind) if key is not None else None
-        if key is None:
-            return _error(
-                start_response,
-                401,
-                "AuthFailure",
-                "AWS was not able to validate the provided access credentials",
+        if key is None:  # refused before it can take an injected failure
+            answer = _error(
+                401, "AuthFailure", "AWS was not able to validate the provided access credentials"
             )
-        if failure is not None:
-            code = _ERROR_CODES.get(failure.status, "InternalError")
-            return _error(
-                start_response,
-                failure.status,
-                code,
-                "injected by the stand-in",
-                failure.retry_after,
-            )
+        else:
+            try:
+                answer = inject(
+                    self.failures.take(kind),
+                    lambda: self._process(environ, key, action, params),
+                    _injected,
+                    content_type=_XML,
+                )
+            except Dropped:
+                # werkzeug treats a ConnectionError as a client gone away: no answer, no log.
+                with contextlib.suppress(OSError):
+                    environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+                raise ConnectionAbortedError("dropped by the stand-in") from None
+            except RawAnswer as raw:
+                answer = _Served(_status_line(raw.status), list(raw.headers.items()), raw.payload)
+        if key is not None and answer.status.startswith("200"):
+            self.answers[action] = answer.body
+        headers = [(k, v) for k, v in answer.headers if k.lower() != "content-length"]
+        start_response(answer.status, [*headers, ("Content-Length", str(len(answer.body)))])
+        return [answer.body]
+
+    def _process(self, environ: Environ, key: Key, action: str, params: dict[str, str]) -> _Served:
         self.backend(key.account)
         # moto serves the account a request names in this header (before any key lookup).
         environ["HTTP_X_MOTO_ACCOUNT_ID"] = key.account
         if action == "CancelSpotInstanceRequests":
-            return self._cancel_spot_requests(key, params, start_response)
+            return self._cancel_spot_requests(key, params)
         if action != "RunInstances":
-            return self._moto(environ, start_response)  # type: ignore[no-any-return]
+            return self._call_moto(environ)
+        token = (key.account, params.get("ClientToken") or "")
+        with self._lock:
+            earlier = self._client_tokens.get(token) if token[1] else None
+        if earlier is not None:  # as EC2: one launch per ClientToken, the same answer again
+            return earlier
         if "SubnetId" not in params and not any(k.startswith("NetworkInterface") for k in params):
             # EC2 launches into the default VPC's default subnet; moto would launch into
             # EC2-Classic (retired in 2022), with a random public address.
             launch = urlencode({**params, "SubnetId": self.default_subnet(key.account)}).encode()
             environ["wsgi.input"] = io.BytesIO(launch)
             environ["CONTENT_LENGTH"] = str(len(launch))
+        served = self._call_moto(environ)
+        if served.status.startswith("200"):
+            self._launched(key.account, params, served.body)
+            if token[1]:
+                with self._lock:
+                    self._client_tokens[token] = served
+        return served
+
+    def _call_moto(self, environ: Environ) -> _Served:
         served = _Served()
 
         def capture(status: str, headers: list[tuple[str, str]], *_: object) -> None:
             served.status, served.headers = status, headers
 
-        answer = b"".join(self._moto(environ, capture))
-        if served.status.startswith("200"):
-            self._launched(key.account, params, answer)
-        start_response(served.status, served.headers)
-        return [answer]
+        served.body = b"".join(self._moto(environ, capture))
+        return served
 
     def _signed_by(self, environ: Environ, body: bytes) -> Key | None:
         """The issued key whose secret signed this request (AWS Signature Version 4), if any."""
@@ -558,16 +597,13 @@ class AwsStandIn:
                     # moto serializes this attribute as the instance's SpotInstanceRequestId.
                     vm.spot_instance_request_id = request_id
 
-    def _cancel_spot_requests(
-        self, key: Key, params: dict[str, str], start_response: StartResponse
-    ) -> Iterable[bytes]:
+    def _cancel_spot_requests(self, key: Key, params: dict[str, str]) -> _Served:
         ids = [v for k, v in sorted(params.items()) if k.startswith("SpotInstanceRequestId.")]
         with self._lock:
             for request_id in ids:
                 request = self.spot_requests.get(request_id)
                 if request is None or request.account != key.account:
                     return _error(
-                        start_response,
                         400,
                         "InvalidSpotInstanceRequestID.NotFound",
                         f"The spot instance request ID '{request_id}' does not exist",
@@ -586,7 +622,7 @@ class AwsStandIn:
             f"<spotInstanceRequestSet>{items}</spotInstanceRequestSet>"
             "</CancelSpotInstanceRequestsResponse>"
         ).encode()
-        return _answer(start_response, 200, body)
+        return _answer(200, body)
 
     @staticmethod
     def _set_up(backend: Any) -> None:
@@ -616,24 +652,17 @@ def _header(environ: Environ, name: str) -> str:
     return str(environ.get("HTTP_" + name.upper().replace("-", "_"), ""))
 
 
-def _answer(
-    start_response: StartResponse,
-    status: int,
-    body: bytes,
-    extra: Iterable[tuple[str, str]] = (),
-) -> list[bytes]:
-    headers = [("Content-Type", "text/xml;charset=UTF-8"), ("Content-Length", str(len(body)))]
-    start_response(f"{status} {HTTPStatus(status).phrase}", [*headers, *extra])
-    return [body]
+def _status_line(status: int) -> str:
+    return f"{status} {HTTPStatus(status).phrase}"
+
+
+def _answer(status: int, body: bytes, extra: Iterable[tuple[str, str]] = ()) -> _Served:
+    return _Served(_status_line(status), [("Content-Type", _XML), *extra], body)
 
 
 def _error(
-    start_response: StartResponse,
-    status: int,
-    code: str,
-    message: str,
-    retry_after: int | None = None,
-) -> list[bytes]:
+    status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()
+) -> _Served:
     """An error in EC2's shape (the query protocol's ``Response/Errors/Error``)."""
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -641,7 +670,12 @@ def _error(
         f"<Message>{escape(message)}</Message></Error></Errors>"
         f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
     ).encode()
-    return _answer(start_response, status, body, retry_after_header(retry_after).items())
+    return _answer(status, body, headers)
+
+
+def _injected(failure: Failure) -> _Served:
+    code = _ERROR_CODES.get(failure.status, "InternalError")
+    return _error(failure.status, code, "injected by the stand-in", failure.all_headers().items())
 
 
 def make_standin(tmp_path: Path) -> AwsStandIn:

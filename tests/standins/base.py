@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from cloudproxy_cli.core.ports import Provider
+
+if TYPE_CHECKING:
+    from tests.standins.http import Failure, FailureQueue
 
 # How a stand-in classifies each API request it served.
 Kind = Literal["list", "create", "delete", "firewall", "other"]
@@ -32,6 +35,11 @@ class StandIn(Protocol):
 
     def vm_exists(self, vm_id: str) -> bool: ...
 
+    def vm_ids(self) -> list[str]:
+        """Every VM the stand-in holds, in all its accounts (its own state, not an adapter's
+        view), except those already gone."""
+        ...
+
     def vm_tags(self, vm_id: str) -> dict[str, str]:
         """The VM's tags/labels as a flat mapping (a plain tag ``t`` appears as ``{t: ""}``)."""
         ...
@@ -53,3 +61,9 @@ class StandIn(Protocol):
     def reset_requests(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class FaultyStandIn(StandIn, Protocol):
+    """A stand-in of an HTTP API, with the failure injection of ``tests/standins/http.py``."""
+
+    failures: FailureQueue[Failure]

@@ -27,6 +27,7 @@ from tests.standins.http import (
     JsonHandler,
     RequestLog,
     Served,
+    inject,
     parse_json_object,
     retry_after_header,
     serve,
@@ -149,7 +150,7 @@ class DigitalOceanStandIn:
         self.on_delete: Callable[[str], None] | None = None
         self.hook_errors: list[BaseException] = []
         self._log: RequestLog[Served] = RequestLog()
-        self._failures: FailureQueue[_Failure] = FailureQueue()
+        self.failures: FailureQueue[Failure] = FailureQueue()  # see tests/standins/http.py
         self._lock = threading.Lock()
         self._ids = itertools.count(100_000_001)
         self._addresses = itertools.count(0)
@@ -214,6 +215,10 @@ class DigitalOceanStandIn:
     def vm_exists(self, vm_id: str) -> bool:
         return self._find(vm_id) is not None
 
+    def vm_ids(self) -> list[str]:
+        with self._lock:
+            return [str(i) for a in self.accounts.values() for i in a.droplets]
+
     def vm_tags(self, vm_id: str) -> dict[str, str]:
         droplet = self._find(vm_id)
         assert droplet is not None, vm_id
@@ -253,7 +258,8 @@ class DigitalOceanStandIn:
     ) -> None:
         """The next ``times`` requests of ``kind`` (after ``skip`` served normally) answer
         ``status``: in DigitalOcean's JSON error shape, or as a load balancer's HTML page."""
-        self._failures.add(kind, _Failure(status, retry_after, html), times=times, skip=skip)
+        failure = _Failure(status, retry_after, html=html)
+        self.failures.add(kind, failure, times=times, skip=skip)
 
     def requests(self) -> list[Kind]:
         return self._log.kinds()
@@ -294,17 +300,24 @@ class DigitalOceanStandIn:
         path = url.path.rstrip("/")
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         kind = classify(method, path)
+        self._log.add(Served(kind, method, path, url.query))
+        return inject(
+            self.failures.take(kind),
+            lambda: self._serve(method, path, query, authorization, raw_body),
+            _injected,
+            content_type=_Handler.json_content_type,
+        )
+
+    def _serve(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        authorization: str | None,
+        raw_body: bytes,
+    ) -> Answer:
         deleted: list[str] = []
-        self._log.add(Served(kind, method, path))
-        injected = self._failures.take(kind)
         try:
-            if injected is not None:
-                status, retry_after = injected.status, injected.retry_after
-                if injected.html:
-                    page = f"<html><body><h1>{status} Bad Gateway</h1></body></html>"
-                    return Answer(status, text=page, headers={"Content-Type": "text/html"})
-                message = "API Rate limit exceeded." if status == 429 else "Server was unable"
-                raise ApiError(status, f"{message} (injected)", retry_after)
             token = (authorization or "").removeprefix("Bearer ")
             account = self.accounts.get(token)
             if not (authorization or "").startswith("Bearer ") or account is None:
@@ -315,10 +328,7 @@ class DigitalOceanStandIn:
                 if method == "DELETE" and answer.status == 204:
                     deleted.append(path.rsplit("/", 1)[-1])
         except ApiError as exc:
-            headers = retry_after_header(exc.retry_after)
-            error_id = _ERROR_IDS.get(exc.status, "server_error")
-            body = {"id": error_id, "message": exc.message, "request_id": str(uuid.uuid4())}
-            return Answer(exc.status, body, headers)
+            return _error_answer(exc.status, exc.message, retry_after_header(exc.retry_after))
         for vm_id in deleted:
             self._run_hook(self.on_delete, vm_id)
         return answer
@@ -359,10 +369,14 @@ class DigitalOceanStandIn:
     def _list_droplets(
         self, account: Account, *, query: dict[str, str], path: str, **_: Any
     ) -> Answer:
+        if "tag_name" in query and "name" in query:
+            raise ApiError(422, "tag_name can not be combined with name")
+        # As the real API: a tag that does not exist (a fresh account) lists no droplets.
         items = [
             self._view(d)
             for d in account.droplets.values()
-            if "tag_name" not in query or query["tag_name"] in d.tags
+            if ("tag_name" not in query or query["tag_name"] in d.tags)
+            and ("name" not in query or query["name"].lower() == d.name.lower())
         ]
         page, links, meta = self._paginate(items, query, path)
         return Answer(200, {"droplets": page, "links": links, "meta": meta})
@@ -595,6 +609,22 @@ def _ports(rule: dict[str, Any]) -> str:
     return "0" if (low, high) == (1, 65535) else ports
 
 
+def _error_answer(status: int, message: str, headers: dict[str, str]) -> Answer:
+    error_id = _ERROR_IDS.get(status, "server_error")
+    body = {"id": error_id, "message": message, "request_id": str(uuid.uuid4())}
+    return Answer(status, body, headers)
+
+
+def _injected(failure: Failure) -> Answer:
+    """An injected error answer: the API's JSON error, or a load balancer's HTML page."""
+    status, headers = failure.status, failure.all_headers()
+    if isinstance(failure, _Failure) and failure.html:
+        page = f"<html><body><h1>{status} Bad Gateway</h1></body></html>"
+        return Answer(status, text=page, headers={"Content-Type": "text/html", **headers})
+    message = "API Rate limit exceeded." if status == 429 else "Server was unable"
+    return _error_answer(status, f"{message} (injected)", headers)
+
+
 def _json_body(raw: bytes) -> dict[str, Any]:
     body = parse_json_object(raw)
     if body is None:
@@ -606,6 +636,9 @@ class _Handler(JsonHandler[DigitalOceanStandIn]):
     json_content_type = "application/json; charset=utf-8"
 
     def _answer(self) -> None:
+        self.guarded(self._serve)
+
+    def _serve(self) -> None:
         raw = self.read_body()
         answer = self.owner.serve(self.command, self.path, self.headers.get("Authorization"), raw)
         if answer.text is not None:  # its Content-Type is among its headers

@@ -63,6 +63,9 @@ class FakeStandIn:
     def vm_exists(self, vm_id: str) -> bool:
         return vm_id in self.cloud.vms
 
+    def vm_ids(self) -> list[str]:
+        return list(self.cloud.vms)
+
     def vm_tags(self, vm_id: str) -> dict[str, str]:
         return dict.fromkeys(self.cloud.vms[vm_id].tags, "")
 

@@ -30,7 +30,7 @@ from tests.standins.http import (
     FailureQueue,
     JsonHandler,
     RequestLog,
-    retry_after_header,
+    inject,
     serve,
 )
 
@@ -156,11 +156,15 @@ class Request:
 @dataclass(frozen=True)
 class _Failure(Failure):
     reason: str | None = None
-    after_processing: bool = False  # the change is made, then the response is lost
     message: str | None = None  # the API's error text (default: "injected failure <status>")
 
-    def error(self) -> ApiError:
-        return ApiError(self.status, self.message or f"injected failure {self.status}", self.reason)
+
+def _injected(failure: Failure) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """An injected error in Compute Engine's shape (reason and text as ``fail_next`` gave)."""
+    reason = failure.reason if isinstance(failure, _Failure) else None
+    message = failure.message if isinstance(failure, _Failure) else None
+    error = ApiError(failure.status, message or f"injected failure {failure.status}", reason)
+    return failure.status, failure.all_headers(), error.body()
 
 
 @dataclass
@@ -180,6 +184,7 @@ class GcpStandIn:
     accounts: dict[str, ServiceAccount] = field(default_factory=dict)
     operation_errors: deque[tuple[str, str]] = field(default_factory=deque)
     request_ids: dict[tuple[str, str], str] = field(default_factory=dict)
+    sleeps: list[float] = field(default_factory=list)  # what adapters' retries waited
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -187,7 +192,7 @@ class GcpStandIn:
         self._ips = itertools.count(2)
         self._foreign = itertools.count(1)
         self._log: RequestLog[Request] = RequestLog()
-        self._failures: FailureQueue[_Failure] = FailureQueue()
+        self.failures: FailureQueue[Failure] = FailureQueue()  # see tests/standins/http.py
         self._server = serve(_Handler, self)
         self.url = self._server.url
 
@@ -220,6 +225,7 @@ class GcpStandIn:
         """The adapter for ``instance``; ``settings``/``proxy``/``sleep`` may be overridden."""
         settings = kwargs.pop("settings", None) or self.settings(instance)
         proxy = kwargs.pop("proxy", PROXY)
+        kwargs.setdefault("sleep", self.sleeps.append)  # retries never really sleep
         return factories.gcp(instance=instance, settings=settings, proxy=proxy, **kwargs)
 
     @property
@@ -241,6 +247,10 @@ class GcpStandIn:
 
     def vm_exists(self, vm_id: str) -> bool:
         return vm_id in self.vms
+
+    def vm_ids(self) -> list[str]:
+        with self._lock:
+            return list(self.vms)
 
     def vm_tags(self, vm_id: str) -> dict[str, str]:
         vm = self.vms[vm_id]
@@ -265,12 +275,12 @@ class GcpStandIn:
         reason: str | None = None,
         message: str | None = None,
     ) -> None:
-        failure = _Failure(status, retry_after, reason, message=message)
-        self._failures.add(kind, failure, times=times)
+        failure = _Failure(status, retry_after, reason=reason, message=message)
+        self.failures.add(kind, failure, times=times)
 
     def lose_next_response(self, kind: Kind, status: int = 503) -> None:
         """The next ``kind`` request takes effect, but its response is a ``status`` error."""
-        self._failures.add(kind, _Failure(status, None, None, after_processing=True))
+        self.failures.add(kind, Failure.ghost(status))
 
     def fail_next_operation(self, code: str, message: str) -> None:
         """The next insert/delete operation finishes with this error and changes nothing."""
@@ -308,18 +318,20 @@ class GcpStandIn:
         kind = _KINDS.get(action, "other")
         with self._lock:
             self._log.add(Request(kind, method, parts.path, query, body))
-            failure = self._failures.take(kind)
-            try:
-                if failure is not None and not failure.after_processing:
-                    raise failure.error()
-                self._authorize(args["project"], headers.get("authorization", ""))
-                result = getattr(self, "_" + action)(body=body, query=query, **args)
-                if failure is not None:
-                    raise failure.error()
-            except ApiError as err:
-                extra = retry_after_header(None if failure is None else failure.retry_after)
-                return err.status, extra, err.body()
-            return 200, {}, result
+            failure = self.failures.take(kind)
+
+        def process() -> tuple[int, dict[str, str], dict[str, Any]]:
+            with self._lock:
+                try:
+                    self._authorize(args["project"], headers.get("authorization", ""))
+                    result: dict[str, Any] = getattr(self, "_" + action)(
+                        body=body, query=query, **args
+                    )
+                except ApiError as err:
+                    return err.status, {}, err.body()
+                return 200, {}, result
+
+        return inject(failure, process, _injected, content_type=_Handler.json_content_type)
 
     def _authorize(self, project: str, header: str) -> None:
         """Bearer JWT signed by the project's own service-account key, or 401."""
@@ -580,6 +592,9 @@ class _Handler(JsonHandler[GcpStandIn]):
     protocol_version = "HTTP/1.0"  # no keep-alive: each answer closes its connection
     json_content_type = "application/json; charset=UTF-8"
 
+    def _answer(self) -> None:
+        self.guarded(self._serve)
+
     def _serve(self) -> None:
         headers = {k.lower(): v for k, v in self.headers.items()}
         status, extra, payload = self.owner.handle(
@@ -587,7 +602,7 @@ class _Handler(JsonHandler[GcpStandIn]):
         )
         self.send_json(status, payload, extra)
 
-    do_GET = do_POST = do_PUT = do_DELETE = _serve
+    do_GET = do_POST = do_PUT = do_DELETE = _answer
 
 
 def make_standin(tmp_path: Path) -> GcpStandIn:

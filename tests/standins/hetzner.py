@@ -23,7 +23,7 @@ from tests.standins.http import (
     FailureQueue,
     JsonHandler,
     RequestLog,
-    retry_after_header,
+    inject,
     serve,
 )
 
@@ -140,7 +140,7 @@ class HetznerStandIn:
         self.slept: list[float] = []  # what adapters built by `provider()` waited
         self.lost_create_answers = 0  # creates that succeed but answer 504 (a lost response)
         self.malformed_answers = 0  # requests answered 200 with an empty JSON object
-        self._failures: FailureQueue[Failure] = FailureQueue()
+        self.failures: FailureQueue[Failure] = FailureQueue()  # see tests/standins/http.py
         self._ids = itertools.count(1000)
         self._addresses = itertools.count()
         self._lock = threading.Lock()
@@ -189,6 +189,10 @@ class HetznerStandIn:
     def vm_exists(self, vm_id: str) -> bool:
         return self._find(vm_id) is not None
 
+    def vm_ids(self) -> list[str]:
+        with self._lock:
+            return [str(i) for p in self.projects.values() for i in p.servers]
+
     def vm_tags(self, vm_id: str) -> dict[str, str]:
         server = self._find(vm_id)
         assert server is not None, f"no server {vm_id}"
@@ -203,7 +207,7 @@ class HetznerStandIn:
     def fail_next(
         self, kind: Kind, status: int, *, times: int = 1, retry_after: int | None = None
     ) -> None:
-        self._failures.add(kind, Failure(status, retry_after), times=times)
+        self.failures.add(kind, Failure(status, retry_after), times=times)
 
     def requests(self) -> list[Kind]:
         return self._log.kinds()
@@ -223,6 +227,11 @@ class HetznerStandIn:
 
     def served(self, kind: Kind) -> list[Request]:
         return self._log.entries(kind)
+
+    def server_ids(self, project: str = "a") -> list[str]:
+        """The project's server ids (the stand-in's own state)."""
+        with self._lock:
+            return [str(i) for i in self.projects[project].servers]
 
     def server(self, vm_id: str) -> dict[str, Any]:
         found = self._find(vm_id)
@@ -247,19 +256,21 @@ class HetznerStandIn:
         project_name = self._tokens.get(token or "")
         with self._lock:
             self._log.add(Request(kind, method, path, query, body, project_name))
-            failure = self._failures.take(kind)
+            failure = self.failures.take(kind)
             if failure is None and self.malformed_answers:
                 self.malformed_answers -= 1
                 return 200, {}, {}
-        try:
-            if failure is not None:
-                return _failure(failure)
-            if project_name is None:
-                raise ApiError(401, "unauthorized", "unable to authenticate")
-            with self._lock:
-                return self._route(method, path, query, body, self.projects[project_name])
-        except ApiError as exc:
-            return exc.status, {}, {"error": {"code": exc.code, "message": exc.message}}
+
+        def process() -> tuple[int, dict[str, str], Any]:
+            try:
+                if project_name is None:
+                    raise ApiError(401, "unauthorized", "unable to authenticate")
+                with self._lock:
+                    return self._route(method, path, query, body, self.projects[project_name])
+            except ApiError as exc:
+                return exc.status, {}, {"error": {"code": exc.code, "message": exc.message}}
+
+        return inject(failure, process, _failure)
 
     def _route(
         self, method: str, path: str, query: dict[str, list[str]], body: Any, project: Project
@@ -491,8 +502,8 @@ def _classify(method: str, path: str) -> Kind:
 
 def _failure(failure: Failure) -> tuple[int, dict[str, str], Any]:
     status = failure.status
-    headers = retry_after_header(failure.retry_after)
-    if status == 429:
+    headers = failure.all_headers()
+    if status == 429 and not failure.headers:
         headers["RateLimit-Remaining"] = "0"
         headers["RateLimit-Reset"] = str(int(time.time()) + RATE_LIMIT)
     if status == 502:  # the load balancer in front of the API answers in HTML, not JSON
@@ -543,6 +554,9 @@ def _unapply(firewall: dict[str, Any], server_id: int) -> None:
 
 
 class _Handler(JsonHandler[HetznerStandIn]):
+    def _answer(self) -> None:
+        self.guarded(self._serve)
+
     def _serve(self) -> None:
         raw = self.read_body()
         try:
@@ -563,7 +577,7 @@ class _Handler(JsonHandler[HetznerStandIn]):
         else:
             self.send_json(status, payload, headers)
 
-    do_GET = do_POST = do_DELETE = do_PUT = _serve
+    do_GET = do_POST = do_DELETE = do_PUT = _answer
 
 
 def make_standin(tmp_path: Path | None = None) -> HetznerStandIn:

@@ -2,18 +2,48 @@
 the log of served requests and the failure-injection queue.
 
 Each API's routes, shapes, error formats, pagination and auth stay in its own module.
+
+Fault injection, one API for every stand-in (digitalocean, vultr, hetzner, gcp, and aws, where
+moto sits behind the SigV4 gate): ``standin.failures`` is a ``FailureQueue``; each request of a
+kind (``"list"``, ``"create"``, ``"delete"``, ``"firewall"``, ``"other"``) takes the next entry
+queued for its kind, and a request with none is served normally::
+
+    standin.failures.add("create", Failure.ghost(502))      # the VM is made, the answer is a 502
+    standin.failures.add("list", Failure.error(503), skip=1)  # page 2 of a list fails
+    standin.failures.add("create", Failure.rate_limited(retry_after=3, reset_in=120))
+
+What a ``Failure`` does (``process``: the request takes effect first, then the answer is lost):
+
+* ``Failure.error(status, retry_after=, headers=)`` an error answer in the API's own shape;
+* ``Failure.rate_limited(retry_after=, reset_in=, remaining=0)`` a 429 with ``Retry-After``
+  and/or DigitalOcean's ``ratelimit-limit``/``-remaining``/``-reset`` (epoch seconds) headers;
+* ``Failure.ghost(status=502)`` the request is processed in full (the VM exists), then answered
+  with that error; ``Failure.ghost(None)``: processed, then the connection is dropped;
+* ``Failure.drop()`` the connection is closed without an answer, before any processing;
+* ``Failure.malformed(body, status=200)`` an answer whose body is ``body`` as it is (bytes or
+  str: e.g. not JSON, or XML that is not EC2's) or, for any other value, that value as JSON (a
+  well-formed answer of the wrong shape); nothing is processed;
+* ``Failure.hang(seconds)`` the request is processed, then its answer held ``seconds`` (at most
+  ``MAX_HANG_S``) before it is sent: only for timeout tests, with the client's timeout set small.
+
+``add(kind, failure, times=N, skip=M)``: the next ``N`` requests of ``kind`` after ``M`` served
+normally (``skip`` reaches a later page of a paginated list). The old ``fail_next(kind, status,
+times=, retry_after=)`` of each stand-in queues ``Failure.error``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import socketserver
 import threading
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from tests.standins.base import Kind
 
@@ -111,6 +141,25 @@ class JsonHandler(BaseHTTPRequestHandler, Generic[OwnerT]):
         self.end_headers()
         self.wfile.write(payload)
 
+    def drop(self) -> None:
+        """Close the connection without an answer (an injected ``drop``)."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):  # the client may have gone away first
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def guarded(self, answer: Callable[[], None]) -> None:
+        """``answer()`` (which serves the request), with the injected ``Dropped`` and
+        ``RawAnswer`` carried out at the socket, and a client that gave up (a ``hang`` it timed
+        out on) ignored."""
+        try:
+            answer()
+        except Dropped:
+            self.drop()
+        except RawAnswer as raw:
+            self.send_body(raw.status, raw.payload, raw.headers)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
     def log_message(self, format: str, *args: Any) -> None:
         return  # quiet: pytest shows failures, not access logs
 
@@ -147,6 +196,7 @@ class Served:
     kind: Kind
     method: str
     path: str
+    query: str = ""  # as sent, undecoded
 
 
 class RequestLog(Generic[R]):
@@ -177,12 +227,125 @@ class RequestLog(Generic[R]):
 # --- injected failures ----------------------------------------------------------------------
 
 
+Mode = Literal["error", "drop", "malformed", "hang"]
+MAX_HANG_S = 5.0  # a hang longer than this would only slow the suite down
+
+
 @dataclass(frozen=True)
 class Failure:
-    """An injected error answer: its status and, if any, its Retry-After (seconds)."""
+    """An injected failure (see the module docstring); ``Failure(status, retry_after)`` is an
+    error answer, as before."""
 
-    status: int
+    status: int = 500
     retry_after: int | None = None
+    mode: Mode = "error"
+    process: bool = False  # the request takes effect before the failure (a "ghost")
+    headers: tuple[tuple[str, str], ...] = ()  # extra headers of an error answer
+    body: bytes = b""  # a malformed answer's body
+    seconds: float = 0.0  # how long a hang holds the answer
+
+    @classmethod
+    def error(
+        cls,
+        status: int,
+        *,
+        retry_after: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Failure:
+        return cls(status, retry_after, headers=tuple((headers or {}).items()))
+
+    @classmethod
+    def rate_limited(
+        cls,
+        *,
+        retry_after: int | None = None,
+        reset_in: float | None = None,
+        remaining: int = 0,
+        status: int = 429,
+    ) -> Failure:
+        """A 429; ``reset_in``: DigitalOcean's ``ratelimit-reset`` (now + that, epoch seconds)
+        with ``ratelimit-remaining`` and ``ratelimit-limit``."""
+        headers: dict[str, str] = {}
+        if reset_in is not None:
+            headers = {
+                "ratelimit-limit": "5000",
+                "ratelimit-remaining": str(remaining),
+                "ratelimit-reset": str(int(time.time() + reset_in)),
+            }
+        return cls.error(status, retry_after=retry_after, headers=headers)
+
+    @classmethod
+    def ghost(cls, status: int | None = 502) -> Failure:
+        """Processed in full, then answered ``status`` (``None``: the connection dropped)."""
+        if status is None:
+            return cls(0, mode="drop", process=True)
+        return cls(status, process=True)
+
+    @classmethod
+    def drop(cls) -> Failure:
+        return cls(0, mode="drop")
+
+    @classmethod
+    def malformed(cls, body: object, *, status: int = 200) -> Failure:
+        if isinstance(body, str):
+            payload = body.encode()
+        elif isinstance(body, bytes):
+            payload = body
+        else:
+            payload = json.dumps(body).encode()
+        return cls(status, mode="malformed", body=payload)
+
+    @classmethod
+    def hang(cls, seconds: float, *, process: bool = True) -> Failure:
+        return cls(0, mode="hang", process=process, seconds=min(seconds, MAX_HANG_S))
+
+    def all_headers(self) -> dict[str, str]:
+        """Retry-After (if any) and the extra headers, for an error answer."""
+        return {**retry_after_header(self.retry_after), **dict(self.headers)}
+
+
+class Dropped(Exception):
+    """The connection is to be closed without an answer."""
+
+
+class RawAnswer(Exception):
+    """An answer to send as it is (a malformed body)."""
+
+    def __init__(self, status: int, payload: bytes, content_type: str) -> None:
+        super().__init__(status)
+        self.status = status
+        self.payload = payload
+        self.headers = {"Content-Type": content_type}
+
+
+A = TypeVar("A")
+
+
+def inject(
+    failure: Failure | None,
+    process: Callable[[], A],
+    error: Callable[[Failure], A],
+    *,
+    content_type: str = "application/json",
+) -> A:
+    """Serve a request (``process()`` makes its normal answer) with ``failure`` applied:
+    ``error(failure)`` makes the API's error answer for it. Call it outside any lock: a hang
+    sleeps. Raises ``Dropped``/``RawAnswer`` for the handler (``JsonHandler.guarded``)."""
+    if failure is None:
+        return process()
+    if failure.mode == "malformed":
+        raise RawAnswer(failure.status, failure.body, content_type)
+    if failure.process:
+        answer = process()
+        if failure.mode == "hang":
+            time.sleep(failure.seconds)  # bounded; for a client whose timeout is shorter
+            return answer
+    elif failure.mode == "hang":
+        time.sleep(failure.seconds)
+        return process()
+    if failure.mode == "drop":
+        raise Dropped
+    return error(failure)
 
 
 F = TypeVar("F", bound=Failure)
@@ -207,3 +370,12 @@ class FailureQueue(Generic[F]):
         with self._lock:
             queue = self._pending.get(kind)
             return queue.popleft() if queue else None
+
+    def pending(self, kind: Kind) -> int:
+        """How many requests of ``kind`` still have an entry (served normally or not)."""
+        with self._lock:
+            return len(self._pending.get(kind, ()))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()

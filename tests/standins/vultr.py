@@ -30,6 +30,7 @@ from tests.standins.http import (
     JsonHandler,
     RequestLog,
     Served,
+    inject,
     parse_json_object,
     retry_after_header,
     serve,
@@ -100,7 +101,7 @@ class VultrStandIn:
         self.create_bodies: list[dict[str, Any]] = []  # every POST /v2/instances body, as sent
         self.sleeps: list[float] = []  # what adapters' retries waited (they never really sleep)
         self._log: RequestLog[Served] = RequestLog()
-        self._failures: FailureQueue[Failure] = FailureQueue()
+        self.failures: FailureQueue[Failure] = FailureQueue()  # see tests/standins/http.py
         self._lock = threading.Lock()
         self._addresses = itertools.count(1)
         self._rule_ids = itertools.count(1)
@@ -165,6 +166,10 @@ class VultrStandIn:
     def vm_exists(self, vm_id: str) -> bool:
         return self._find(vm_id) is not None
 
+    def vm_ids(self) -> list[str]:
+        with self._lock:
+            return [i for a in self.accounts.values() for i in a.instances]
+
     def vm_tags(self, vm_id: str) -> dict[str, str]:
         vm = self._find(vm_id)
         assert vm is not None, vm_id
@@ -195,13 +200,13 @@ class VultrStandIn:
         skip: int = 0,
     ) -> None:
         """As ``StandIn.fail_next``; ``skip``: serve that many requests of ``kind`` first."""
-        self._failures.add(kind, Failure(status, retry_after), times=times, skip=skip)
+        self.failures.add(kind, Failure(status, retry_after), times=times, skip=skip)
 
     def requests(self) -> list[Kind]:
         return self._log.kinds()
 
     def served(self) -> list[Served]:
-        """Every request since ``reset_requests``, with its method and path."""
+        """Every request since ``reset_requests``, with its method, path and query."""
         return self._log.entries()
 
     def reset_requests(self) -> None:
@@ -213,6 +218,11 @@ class VultrStandIn:
         self._server.close()
 
     # --- test inspection --------------------------------------------------------------------
+
+    def instance_ids(self, account: int = 0) -> list[str]:
+        """The ids of the account's instances, in creation order (the stand-in's own state)."""
+        with self._lock:
+            return list(self.accounts[self.tokens[account]].instances)
 
     def firewall_groups(self, account: int = 0) -> list[dict[str, Any]]:
         state = self.accounts[self.tokens[account]]
@@ -238,12 +248,22 @@ class VultrStandIn:
         path = url.path.rstrip("/")
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         kind = classify(method, path)
-        self._log.add(Served(kind, method, path))
-        injected = self._failures.take(kind)
+        self._log.add(Served(kind, method, path, url.query))
+        return inject(
+            self.failures.take(kind),
+            lambda: self._serve(method, path, query, authorization, raw_body),
+            _injected,
+        )
+
+    def _serve(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        authorization: str | None,
+        raw_body: bytes,
+    ) -> Answer:
         try:
-            if injected is not None:
-                status = injected.status
-                raise ApiError(status, f"injected failure {status}", injected.retry_after)
             token = (authorization or "").removeprefix("Bearer ")
             account = self.accounts.get(token)
             if not authorization or not authorization.startswith("Bearer ") or account is None:
@@ -281,10 +301,12 @@ class VultrStandIn:
         raise ApiError(404, "Invalid API endpoint.")
 
     def _list_instances(self, account: Account, *, query: dict[str, str], **_: Any) -> Answer:
+        # `tag` is deprecated in the v2 spec, but still served; `label` is an exact match.
         items = [
             vm
             for vm in account.instances.values()
-            if "tag" not in query or query["tag"] in vm["tags"]
+            if ("tag" not in query or query["tag"] in vm["tags"])
+            and ("label" not in query or query["label"] == vm["label"])
         ]
         page, meta = _paginate(items, query)
         return Answer(200, {"instances": page, "meta": meta})
@@ -445,6 +467,12 @@ class VultrStandIn:
         }
 
 
+def _injected(failure: Failure) -> Answer:
+    status = failure.status
+    body = {"error": f"injected failure {status}", "status": status}
+    return Answer(status, body, failure.all_headers())
+
+
 def _json_body(raw: bytes) -> dict[str, Any]:
     body = parse_json_object(raw)
     if body is None:
@@ -481,6 +509,9 @@ def _paginate(items: list[Any], query: dict[str, str]) -> tuple[list[Any], dict[
 
 class _Handler(JsonHandler[VultrStandIn]):
     def _answer(self) -> None:
+        self.guarded(self._serve)
+
+    def _serve(self) -> None:
         raw = self.read_body()
         answer = self.owner.serve(self.command, self.path, self.headers.get("Authorization"), raw)
         self.send_json(answer.status, answer.body, answer.headers)

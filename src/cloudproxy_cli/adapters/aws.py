@@ -92,9 +92,10 @@ def _classify(exc: Exception) -> Retry | None:
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
     if isinstance(exc, ClientError):
-        if _status(exc) == 429 or _status(exc) >= 500 or _code(exc) in _THROTTLE_CODES:
+        throttled = _status(exc) == 429 or _code(exc) in _THROTTLE_CODES
+        if throttled or _status(exc) >= 500:
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-            return Retry(parse_retry_after(headers.get("retry-after")))
+            return Retry(parse_retry_after(headers.get("retry-after")), rate_limited=throttled)
         return None
     if isinstance(exc, HTTPClientError | BotoConnectionError):
         return Retry()
@@ -166,16 +167,30 @@ class AwsProvider:
             if token:
                 kwargs["NextToken"] = token
             page = self._call("list instances", partial(self._client.describe_instances, **kwargs))
-            items = [i for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+            if not isinstance(page.get("Reservations"), list):
+                # botocore reads any XML as an answer, one without a reservationSet as one
+                # without reservations: EC2 always sends the set, empty or not.
+                raise self._env.error("list instances: the answer has no reservation set")
+            reservations = page["Reservations"]
+            # EC2 lists a reservation only for the instances it matched: one without any is
+            # a garbled answer, not an empty one.
+            if not all(isinstance(r, dict) and r.get("Instances") for r in reservations):
+                raise self._env.error(
+                    "list instances: the answer has a reservation without instances"
+                )
+            items = [i for r in reservations for i in r["Instances"]]
             return items, page.get("NextToken") or None
 
-        return [
-            self._to_proxy(item)
-            for item in paginate(
-                fetch, fail=self._env.error, what="list instances", max_pages=self._max_pages
-            )
-            if self._is_ours(item) and item["State"]["Name"] in LISTED_STATES
-        ]
+        with self._env.reading("list instances"):
+            return [
+                self._to_proxy(item)
+                for item in paginate(
+                    fetch, fail=self._env.error, what="list instances", max_pages=self._max_pages
+                )
+                if self._instance_id(item)
+                and self._is_ours(item)
+                and item["State"]["Name"] in LISTED_STATES
+            ]
 
     def create_proxy(self) -> Proxy:
         from cloudproxy_cli.adapters.user_data import render_user_data
@@ -220,7 +235,8 @@ class AwsProvider:
             raise FirewallMissingError(
                 f"{self._name}: security group {group_id} no longer exists ({exc.code})"
             ) from None
-        return self._to_proxy(reservation["Instances"][0])
+        with self._env.reading("create an instance"):
+            return self._to_proxy(reservation["Instances"][0])
 
     def delete_proxy(self, proxy_id: str) -> None:
         # Always one read first: it proves the instance is ours (AWS cannot scope a terminate
@@ -378,6 +394,13 @@ class AwsProvider:
     def _is_ours(self, item: dict[str, Any]) -> bool:
         return owns_labels(_tags(item), self._instance)
 
+    def _instance_id(self, item: dict[str, Any]) -> str:
+        """Its id; even an instance not ours without one makes the list a garbled one."""
+        vm_id = item.get("InstanceId")
+        if not isinstance(vm_id, str) or not vm_id:
+            raise ProviderError(f"{self._name}: the API listed an instance without an id")
+        return vm_id
+
     def _to_proxy(self, item: dict[str, Any]) -> Proxy:
         launched = item.get("LaunchTime")
         if not isinstance(launched, datetime) or launched.tzinfo is None:
@@ -387,7 +410,11 @@ class AwsProvider:
         # Only a running instance's address is worth probing: AWS may show one while pending.
         running = item.get("State", {}).get("Name") == "running"
         ip = item.get("PublicIpAddress") if running else None
-        return Proxy(id=str(item["InstanceId"]), created_at=launched.astimezone(UTC), ip=ip or None)
+        return Proxy(
+            id=self._instance_id(item),
+            created_at=launched.astimezone(UTC),
+            ip=ip if isinstance(ip, str) and ip else None,
+        )
 
     def _call(
         self, what: str, fn: Callable[[], T], *, passthrough: frozenset[str] = frozenset()
@@ -404,7 +431,13 @@ class AwsProvider:
         self, what: str, exc: Exception, passthrough: frozenset[str]
     ) -> Exception | None:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.parsers import ResponseParserError
 
+        if isinstance(
+            exc, ResponseParserError | AttributeError | LookupError | TypeError | ValueError
+        ):
+            # botocore's parse of a malformed answer (not a BotoCoreError); its text quotes it.
+            return self._env.error(f"{what} failed: the API's answer is not EC2's XML")
         if isinstance(exc, ClientError):
             if _code(exc) in passthrough:
                 return _Expected(_code(exc))

@@ -8,11 +8,12 @@ import logging
 import secrets as _secrets
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from cloudproxy_cli.core.errors import ProviderError
+from cloudproxy_cli.core.errors import ProviderError, RateLimitedError
 
 log = logging.getLogger("cloudproxy")
 
@@ -170,13 +171,21 @@ def utc_datetime(text: object) -> datetime:
 
 
 class HttpError(Exception):
-    """An error answer of a REST API: its status, Retry-After and the API's own message."""
+    """An error answer of a REST API: its status, the wait it asked for (and the header that
+    asked: ``wait_source``) and the API's own message."""
 
-    def __init__(self, status: int, message: str, retry_after_s: float | None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        retry_after_s: float | None,
+        wait_source: str = "Retry-After",
+    ) -> None:
         super().__init__(f"HTTP {status}: {message}" if message else f"HTTP {status}")
         self.status = status
         self.message = message
         self.retry_after_s = retry_after_s
+        self.wait_source = wait_source
 
 
 class TransportError(Exception):
@@ -191,7 +200,7 @@ def classify_http(exc: Exception) -> Retry | None:
     """429 and 5xx are worth retrying (after Retry-After); so is a transport error that could
     not have reached the server twice."""
     if isinstance(exc, HttpError) and (exc.status == 429 or exc.status >= 500):
-        return Retry(exc.retry_after_s)
+        return Retry(exc.retry_after_s, rate_limited=exc.status == 429, source=exc.wait_source)
     if isinstance(exc, TransportError) and exc.retryable:
         return Retry()
     return None
@@ -199,9 +208,32 @@ def classify_http(exc: Exception) -> Retry | None:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """A failure worth retrying; ``after_s`` is what the server asked for (Retry-After)."""
+    """A failure worth retrying; ``after_s`` is what the server asked for (Retry-After), and
+    ``source`` the header that said so; ``rate_limited``: the API refused for our rate."""
 
     after_s: float | None = None
+    rate_limited: bool = False
+    source: str = "Retry-After"
+
+
+def rate_limit_wait(
+    headers: Mapping[str, str], *, now: datetime | None = None
+) -> tuple[float | None, str]:
+    """How long a 429's headers ask us to wait, and which header said so: ``Retry-After``,
+    else DigitalOcean's ``ratelimit-reset`` (epoch seconds) when ``ratelimit-remaining`` is 0."""
+    retry_after = parse_retry_after(headers.get("Retry-After"), now=now)
+    if retry_after is not None:
+        return retry_after, "Retry-After"
+    reset = (headers.get("ratelimit-reset") or "").strip()
+    if reset.isdigit() and (headers.get("ratelimit-remaining") or "0").strip() == "0":
+        current = (now or datetime.now(UTC)).timestamp()
+        return max(0.0, int(reset) - current), "DigitalOcean ratelimit-reset"
+    return None, "Retry-After"
+
+
+def _until(after_s: float) -> str:
+    """``HH:MM:SSZ``, ``after_s`` from now (UTC)."""
+    return (datetime.now(UTC) + timedelta(seconds=after_s)).strftime("%H:%M:%SZ")
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -233,26 +265,40 @@ def call_with_retries(
 ) -> T:
     """Call ``fn``; retry what ``classify`` says is transient (429, 5xx) after the server's
     Retry-After, or with exponential backoff without one, at most ``attempts`` times in all.
-    A server that asks us to wait longer than ``max_delay_s`` is not waited for: the instance
-    fails for this run and cron tries again next minute. Anything else raises at once.
-    ``secrets`` are scrubbed from the failures this logs."""
+    A server that asks us to wait longer than ``max_delay_s`` is not waited for, and one still
+    refusing for our rate at the last attempt is not tried again: either is a
+    ``RateLimitedError`` (the instance makes no more calls this run; cron tries again next
+    minute). Anything else raises at once. ``secrets`` are scrubbed from what this logs."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:
             retry = classify(exc)
-            if retry is None or attempt == attempts:
+            if retry is None:
                 raise
-            if retry.after_s is not None:  # the server said when: do as it says
-                if retry.after_s > max_delay_s:
-                    raise
-                delay = retry.after_s
-            else:
+            if retry.after_s is not None and retry.after_s > max_delay_s:
+                raise _backed_off(what, retry) from None
+            if attempt == attempts:
+                if retry.rate_limited:
+                    raise RateLimitedError(
+                        f"{what}: rate limited (still refused after {attempts} attempts)"
+                    ) from None
+                raise
+            delay = retry.after_s  # the server said when: do as it says
+            if delay is None:
                 delay = min(base_delay_s * 2 ** (attempt - 1), max_delay_s)
             shown = one_line(str(exc), secrets)
             log.debug("%s: transient failure (%s); retry %d in %.1fs", what, shown, attempt, delay)
             sleep(delay)
     raise ProviderError(f"{what}: retries exhausted")  # pragma: no cover - loop always returns
+
+
+def _backed_off(what: str, retry: Retry) -> RateLimitedError:
+    assert retry.after_s is not None
+    until = _until(retry.after_s)
+    if retry.rate_limited:
+        return RateLimitedError(f"{what}: rate limited until {until} ({retry.source})")
+    return RateLimitedError(f"{what}: the API asks to wait until {until} ({retry.source})")
 
 
 # --- the call envelope -------------------------------------------------------------------
@@ -274,6 +320,18 @@ class Envelope:
     def error(self, message: str) -> ProviderError:
         """``ProviderError("<key>: <message>")``, the whole message scrubbed."""
         return ProviderError(f"{self.key}: {one_line(message, self.secrets, MAX_ERROR)}")
+
+    @contextmanager
+    def reading(self, what: str) -> Iterator[None]:
+        """Reading an API's answer (an SDK's parse of it, or our own): a field missing or of the
+        wrong type or shape is a ``ProviderError``, never an ``AttributeError`` or ``KeyError``
+        that would crash the whole run. The exception's text may quote the answer: not shown."""
+        try:
+            yield
+        except (AttributeError, LookupError, TypeError, ValueError) as exc:
+            raise self.error(
+                f"{what}: unexpected answer from the API ({type(exc).__name__})"
+            ) from None
 
     def call(
         self,

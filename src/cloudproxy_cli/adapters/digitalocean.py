@@ -53,10 +53,6 @@ _ALL_PORTS = "1-65535"
 _FIREWALL_ID = re.compile(r"[0-9a-fA-F-]{1,64}")  # a UUID
 
 
-def _request_timeout() -> tuple[float, float]:
-    return TIMEOUT_S
-
-
 def _response_of(tb: TracebackType | None) -> requests.Response | None:
     """The HTTP response a python-digitalocean error came from, if there was one.
 
@@ -96,8 +92,10 @@ class DigitalOceanProvider:
         proxy: ProxySettings,
         sleep: Callable[[float], None] = time.sleep,
         page_size: int = PAGE_SIZE,
+        timeout_s: tuple[float, float] = TIMEOUT_S,
     ) -> None:
         self._instance = instance
+        self._timeout_s = timeout_s
         self._token = token
         self._token_env = token_env
         self._env = Envelope(
@@ -132,12 +130,14 @@ class DigitalOceanProvider:
         proxies = []
         owned = set()
         params = {"tag_name": self._tag}
-        for droplet in self._pages("droplets", "droplets", "list droplets", params):
-            if not owns_tags(droplet.get("tags"), self._instance):
-                continue  # the tag filter matched, but the other mark is missing
-            proxy = self._to_proxy(droplet)
-            owned.add(proxy.id)
-            proxies.append(proxy)
+        with self._env.reading("list droplets"):
+            for droplet in self._pages("droplets", "droplets", "list droplets", params):
+                self._droplet_id(droplet)  # even one not ours: a garbled list is no list
+                if not owns_tags(droplet.get("tags"), self._instance):
+                    continue  # the tag filter matched, but the other mark is missing
+                proxy = self._to_proxy(droplet)
+                owned.add(proxy.id)
+                proxies.append(proxy)
         self._owned = owned
         return proxies
 
@@ -150,8 +150,10 @@ class DigitalOceanProvider:
             user_data = render_user_data(self._proxy)
         except ValueError as exc:  # its messages never quote the offending value
             raise self._env.error(f"cannot render the user data: {exc}") from None
+        # Unique: after a lost answer the droplet is found again by this name.
+        name = vm_name(self._instance)
         body = {
-            "name": vm_name(self._instance),
+            "name": name,
             "region": self._region,
             "size": self._size,
             "image": self._image,
@@ -163,17 +165,48 @@ class DigitalOceanProvider:
         # Droplet.create() keeps only the new id and drops created_at with the rest of the
         # answer; get_data() returns the answer itself, from the same single POST.
         manager = digitalocean.Manager(**self._sdk())
-        answer = self._call(
-            "create droplet",
-            "POST",
-            lambda: manager.get_data("droplets/", type="POST", params=body),
-        )
+        what = "create droplet"
+        self._require_token()
+        try:
+            # No idempotency key in this API: a create whose answer was lost is looked up by
+            # its unique name before it is ever sent again.
+            answer = self._rest.create(
+                what,
+                partial(
+                    self._unwrap,
+                    what,
+                    partial(manager.get_data, "droplets/", type="POST", params=body),
+                ),
+                partial(self._find_created, manager, name),
+            )
+        except HttpError as exc:
+            raise self._rest.error(what, exc) from None
         droplet = answer.get("droplet") if isinstance(answer, dict) else None
         if not isinstance(droplet, dict):
             raise self._env.error("create droplet: the answer names no droplet")
-        proxy = self._to_proxy(droplet)
+        with self._env.reading("create droplet"):
+            proxy = self._to_proxy(droplet)
         self._owned.add(proxy.id)
         return proxy
+
+    def _find_created(self, manager: Any, name: str) -> dict[str, Any] | None:
+        """The droplet named ``name`` carrying both tags, as a create answers it (``None``: no
+        such droplet). One request, errors raised as ``_unwrap`` raises them."""
+        what = "find droplet"
+        # The API's name filter is exact (case-insensitive) and cannot be combined with tag_name.
+        query = {"name": name, "per_page": self._page_size}
+        answer = self._unwrap(what, partial(manager.get_data, "droplets", params=query))
+        items = answer.get("droplets") if isinstance(answer, dict) else None
+        if not isinstance(items, list):
+            raise self._env.error(f"{what}: the answer has no 'droplets' list")
+        for droplet in items:
+            if (
+                isinstance(droplet, dict)
+                and droplet.get("name") == name
+                and owns_tags(droplet.get("tags"), self._instance)
+            ):
+                return {"droplet": droplet}
+        return None
 
     def delete_proxy(self, proxy_id: str) -> None:
         import digitalocean
@@ -324,7 +357,11 @@ class DigitalOceanProvider:
         ``get_timeout`` one for each request's timeout (else it waits forever unless
         ``$PYTHON_DIGITALOCEAN_REQUEST_TIMEOUT_SEC`` is set).
         """
-        return {"token": self._token, "end_point": self._endpoint, "get_timeout": _request_timeout}
+        return {
+            "token": self._token,
+            "end_point": self._endpoint,
+            "get_timeout": lambda: self._timeout_s,
+        }
 
     def _pages(
         self, path: str, key: str, what: str, params: dict[str, str] | None = None
@@ -357,7 +394,10 @@ class DigitalOceanProvider:
                 raise self._env.error(f"{what}: the API's next-page link names no page") from None
             if following is not None and following <= number:
                 raise self._env.error(f"{what}: the API's next page goes backwards")
-            return [item for item in items if isinstance(item, dict)], following
+            if not all(isinstance(item, dict) for item in items):
+                # Skipping it could hide a VM of ours, and the engine would create another.
+                raise self._env.error(f"{what}: the answer lists an item that is not an object")
+            return items, following
 
         return paginate(fetch, fail=self._env.error, what=what)
 
@@ -369,30 +409,34 @@ class DigitalOceanProvider:
             raise self._rest.error(what, exc) from None
 
     def _request(self, what: str, method: str, fn: Callable[[], T]) -> T:
-        """One SDK call, retried on 429/5xx (honouring Retry-After).
+        """One SDK call, retried on 429/5xx (honouring Retry-After and ``ratelimit-reset``).
 
         Raises ``HttpError`` for an error answer other than 401/403, ``ProviderError`` for
         everything else. Messages carry what the API or library said only scrubbed of secrets,
         and never chain the library's exception, which may hold the request.
         """
+        self._require_token()
+        return self._rest.request(what, method, partial(self._unwrap, what, fn))
+
+    def _require_token(self) -> None:
         if not self._token:
             raise self._env.error(f"no access token; set {self._token_env}")
 
-        def once() -> T:
-            try:
-                return fn()
-            except requests.RequestException:
-                raise  # RestCalls makes it a short message of its own
-            # The library raises DataReadError, JSONReadError, NotFoundError, even IndexError.
-            except Exception as exc:  # noqa: BLE001 - what it is depends on the response only
-                response = _response_of(exc.__traceback__)
-                if response is not None and response.status_code >= 400:
-                    raise http_error(response, "message", self._env) from None
-                raise self._env.error(
-                    f"{what} failed: {type(exc).__name__}: {self._env.scrub(exc)}"
-                ) from None
-
-        return self._rest.request(what, method, once)
+    def _unwrap(self, what: str, fn: Callable[[], T]) -> T:
+        """One SDK call, once: an error answer as ``HttpError``, a transport failure as
+        requests raised it, anything else the library raised a one-line ``ProviderError``."""
+        try:
+            return fn()
+        except requests.RequestException:
+            raise  # RestCalls makes it a short message of its own
+        # The library raises DataReadError, JSONReadError, NotFoundError, even IndexError.
+        except Exception as exc:  # noqa: BLE001 - what it is depends on the response only
+            response = _response_of(exc.__traceback__)
+            if response is not None and response.status_code >= 400:
+                raise http_error(response, "message", self._env) from None
+            raise self._env.error(
+                f"{what} failed: {type(exc).__name__}: {self._env.scrub(exc)}"
+            ) from None
 
     def _auth_error(self, what: str, exc: HttpError) -> ProviderError:
         if exc.status == 401:
@@ -402,11 +446,15 @@ class DigitalOceanProvider:
             f"{self._token_env} has the droplet, firewall and tag scopes"
         )
 
-    def _to_proxy(self, droplet: dict[str, Any]) -> Proxy:
-        if not str(droplet.get("id") or "").isdigit():
+    def _droplet_id(self, droplet: dict[str, Any]) -> str:
+        found = droplet.get("id")
+        if isinstance(found, bool) or not str(found or "").isdigit():
             raise self._env.error("the API listed a droplet without a valid id")
+        return str(found)
+
+    def _to_proxy(self, droplet: dict[str, Any]) -> Proxy:
         return Proxy(
-            id=str(droplet["id"]),
+            id=self._droplet_id(droplet),
             created_at=self._created_at(droplet),
             ip=_public_ipv4(droplet),
         )

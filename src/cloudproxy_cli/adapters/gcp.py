@@ -25,7 +25,6 @@ from cloudproxy_cli.adapters.common import (
     canonical_cidr,
     firewall_name,
     guarded_delete,
-    instance_labels,
     instance_tag,
     owns_labels,
     paginate,
@@ -57,6 +56,11 @@ RETRIED_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 # Instance, firewall and network-tag names (RFC 1035 labels, at most 63 characters).
 GCE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 GCE_NAME_MAX = 63
+# The instance label of the VMs this adapter creates: underscored, a key the list filter grammar
+# certainly accepts. VMs made before carry the shared hyphenated key, and stay ours.
+GCP_INSTANCE_KEY = "cloudproxy_instance"
+LIST_KIND = "compute#instanceList"  # what every instances.list answer says it is
+LEGACY_INSTANCE_KEY = INSTANCE_KEY
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,8 @@ class GcpMachine:
 
 class GcpProvider:
     """The proxies of one GCP instance: VMs in ``project``/``zone`` labelled ``cloudproxy=true``
-    and ``cloudproxy-instance=<instance>``, with the network tag its firewall targets."""
+    and ``cloudproxy_instance=<instance>`` (or, made by an earlier version,
+    ``cloudproxy-instance=<instance>``), with the network tag its firewall targets."""
 
     def __init__(
         self,
@@ -96,7 +101,7 @@ class GcpProvider:
         self._project = project
         self._zone = machine.zone
         self._tag = instance_tag(instance)
-        self._labels = instance_labels(instance)
+        self._labels = {TAG: "true", GCP_INSTANCE_KEY: instance}
         self._hint = credentials_hint  # which settings hold the key, for auth errors
         self._max_pages = max_pages
         self._env = Envelope(
@@ -129,15 +134,22 @@ class GcpProvider:
     def list_proxies(self) -> list[Proxy]:
         def fetch(token: str | None) -> tuple[Iterable[compute_v1.Instance], str | None]:
             page = self._call("list", functools.partial(self._list_page, token or ""))
+            if page.kind != LIST_KIND:
+                # The SDK reads any JSON object as a list, `{}` as an empty one: only the
+                # API's own kind tells an empty list from an answer that is not one.
+                raise self._env.error("list failed: the API's answer is not an instance list")
             return page.items, page.next_page_token or None
 
         # The filter is the server's; ownership is checked here too, so a filter the server
         # misread could never hand us someone else's VM.
-        proxies = [
-            self._to_proxy(vm)
-            for vm in paginate(fetch, fail=self._env.error, what="list", max_pages=self._max_pages)
-            if self._is_ours(vm.labels)
-        ]
+        with self._env.reading("list"):
+            proxies = [
+                self._to_proxy(vm)
+                for vm in paginate(
+                    fetch, fail=self._env.error, what="list", max_pages=self._max_pages
+                )
+                if self._named(vm) and self._is_ours(vm.labels)
+            ]
         self._owned = {p.id for p in proxies}
         return proxies
 
@@ -202,7 +214,8 @@ class GcpProvider:
         )
         self._owned.add(name)
         done = self._wait(operation, "create", zonal=True)
-        created = _parse_time(done.insert_time) if done.insert_time else datetime.now(UTC)
+        with self._env.reading("create"):
+            created = _parse_time(done.insert_time) if done.insert_time else datetime.now(UTC)
         return Proxy(id=name, created_at=created)
 
     def delete_proxy(self, proxy_id: str) -> None:
@@ -344,7 +357,10 @@ class GcpProvider:
         request = compute_v1.ListInstancesRequest(
             project=self._project,
             zone=self._zone,
-            filter=f'(labels.{TAG} = "true") AND (labels.{INSTANCE_KEY} = "{self._instance}")',
+            # Only the plain key: the hyphenated instance key of older VMs may not parse in a
+            # filter, and both keys are read below, so every cloudproxy VM of the zone is
+            # listed and each instance keeps its own (one request, as before).
+            filter=f'labels.{TAG} = "true"',
             max_results=PAGE_SIZE,
         )
         if token:
@@ -378,10 +394,15 @@ class GcpProvider:
     def _error(self, what: str, exc: Exception) -> Exception | None:
         from google.api_core import exceptions as api_exceptions
         from google.auth import exceptions as auth_exceptions
+        from google.protobuf.json_format import ParseError  # type: ignore[import-untyped]
         from requests import RequestException
 
         hint = f"check {self._hint}"
         env = self._env
+        if isinstance(exc, ParseError | AttributeError | LookupError | TypeError | ValueError):
+            # The SDK's parse of a malformed answer (or a request built from one); its text
+            # may quote the answer.
+            return env.error(f"{what} failed: the API's answer could not be parsed")
         if isinstance(exc, api_exceptions.Unauthorized):
             return env.error(f"authentication failed (401); {hint}")
         if isinstance(exc, api_exceptions.Forbidden):
@@ -458,7 +479,16 @@ class GcpProvider:
     # --- small helpers -------------------------------------------------------------------
 
     def _is_ours(self, labels: Any) -> bool:
-        return owns_labels(dict(labels), self._instance, tag_value="true")
+        found = dict(labels)
+        if GCP_INSTANCE_KEY in found:  # the current key decides, whatever an old one says
+            found[LEGACY_INSTANCE_KEY] = found.pop(GCP_INSTANCE_KEY)
+        return owns_labels(found, self._instance, tag_value="true")
+
+    def _named(self, vm: compute_v1.Instance) -> bool:
+        """True; even a VM not ours without a valid name makes the list a garbled one."""
+        if not GCE_NAME.fullmatch(vm.name):
+            raise self._env.error("list failed: the API listed an instance without a valid name")
+        return True
 
     def _to_proxy(self, vm: compute_v1.Instance) -> Proxy:
         if not vm.creation_timestamp:
@@ -528,7 +558,7 @@ def _classify(exc: Exception) -> Retry | None:
     if code == 429 or code >= 500 or rate_limited:
         response = exc.response
         header = response.headers.get("Retry-After") if response is not None else None
-        return Retry(parse_retry_after(header))
+        return Retry(parse_retry_after(header), rate_limited=rate_limited or code == 429)
     return None
 
 

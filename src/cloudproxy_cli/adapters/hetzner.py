@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import requests
@@ -132,9 +132,14 @@ class HetznerProvider:
         )
         # The API already filtered by label; checking again costs nothing and keeps a
         # misbehaving endpoint from handing us another instance's servers.
-        mine = [s for s in servers if self._owns(s) and s.status != "deleting"]
-        self._owned = {str(s.id) for s in mine}
-        return [self._to_proxy(s) for s in mine]
+        self._check_list_answer("list servers", "servers")
+        with self._env.reading("list servers"):
+            if not all(_valid_id(s.id) for s in servers):  # even one not ours: garbled
+                raise self._env.error("list servers: the API listed a server without a valid id")
+            mine = [s for s in servers if self._owns(s) and s.status != "deleting"]
+            proxies = [self._to_proxy(s) for s in mine]
+        self._owned = {p.id for p in proxies}
+        return proxies
 
     def create_proxy(self) -> Proxy:
         from cloudproxy_cli.adapters.user_data import render_user_data
@@ -171,8 +176,10 @@ class HetznerProvider:
 
         # The create action is not waited for: the next run lists the server and probes it.
         server = self._call("create server", create)
-        self._owned.add(str(server.id))
-        return self._to_proxy(server)
+        with self._env.reading("create server"):
+            proxy = self._to_proxy(server)
+        self._owned.add(proxy.id)
+        return proxy
 
     def delete_proxy(self, proxy_id: str) -> None:
         client = self._require_client()
@@ -279,16 +286,29 @@ class HetznerProvider:
     def _owns(self, server: Server) -> bool:
         return owns_labels(server.labels, self._instance)
 
+    def _check_list_answer(self, what: str, key: str) -> None:
+        """hcloud iterates whatever the answer holds under ``key`` (a ``{}`` reads as no
+        servers): the last page's answer must hold a list there."""
+        response = self._last_response()
+        try:
+            body = response.json() if response is not None else None
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get(key), list):
+            raise self._env.error(f"{what}: the answer has no {key!r} list")
+
     def _to_proxy(self, server: Server) -> Proxy:
+        if not _valid_id(server.id):
+            raise ProviderError(f"{self._key}: the API listed a server without a valid id")
         created = server.created
-        if created is None:
+        if not isinstance(created, datetime):
             raise ProviderError(f"{self._key}: server {server.id} has no creation time")
         if created.tzinfo is None:  # the API always sends an offset; never guess local time
             created = created.replace(tzinfo=UTC)
         ip = None
         ipv4 = server.public_net.ipv4 if server.public_net is not None else None
-        if server.status not in _NOT_BOOTED and ipv4 is not None and ipv4.ip:
-            ip = ipv4.ip
+        if server.status not in _NOT_BOOTED and ipv4 is not None and isinstance(ipv4.ip, str):
+            ip = ipv4.ip or None
         return Proxy(id=str(server.id), created_at=created.astimezone(UTC), ip=ip)
 
     def _proxy_rule(self) -> FirewallRule:
@@ -325,7 +345,7 @@ class HetznerProvider:
         if isinstance(exc, requests.RequestException):
             # Not str(exc): requests quotes whole URLs and nested reprs; the kind is enough.
             return self._env.error(f"{what} failed: the API did not answer ({type(exc).__name__})")
-        if isinstance(exc, KeyError | TypeError | ValueError):
+        if isinstance(exc, AttributeError | LookupError | TypeError | ValueError):
             # hcloud indexes the answer's JSON directly: a malformed answer must fail this
             # instance, not crash the whole run with a KeyError.
             return self._env.error(
@@ -345,7 +365,10 @@ class HetznerProvider:
             if not transient:
                 return None
             header = response.headers.get("Retry-After") if response is not None else None
-            return Retry(parse_retry_after(header))
+            # Not RateLimit-Reset: Hetzner's is when the bucket is full again, while the next
+            # request is allowed as soon as one token is back (a second).
+            limited = exc.code == "rate_limit_exceeded" or status == 429
+            return Retry(parse_retry_after(header), rate_limited=limited)
         if isinstance(exc, requests.ConnectionError | requests.Timeout):
             return Retry()
         return None
@@ -378,6 +401,10 @@ def _grants(rules: list[FirewallRule] | None) -> frozenset[Grant]:
             cidr = canonical_cidr(address) or str(address)
             found.add(Grant(str(rule.protocol), *span, cidr))
     return frozenset(found)
+
+
+def _valid_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _or_none(fn: Callable[[], T]) -> T | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import requests
+import urllib3.exceptions
 
 from cloudproxy_cli.adapters.common import (
     Envelope,
@@ -14,8 +16,11 @@ from cloudproxy_cli.adapters.common import (
     TransportError,
     classify_http,
     parse_retry_after,
+    rate_limit_wait,
 )
-from cloudproxy_cli.core.errors import ProviderError
+from cloudproxy_cli.core.errors import ProviderError, RateLimitedError
+
+log = logging.getLogger("cloudproxy")
 
 T = TypeVar("T")
 
@@ -34,11 +39,28 @@ def http_error(response: requests.Response, field: str, envelope: Envelope) -> H
         body = None
     message = body.get(field) if isinstance(body, dict) else None
     text = message if isinstance(message, str) else response.reason or ""
+    if response.status_code == 429:
+        wait, source = rate_limit_wait(response.headers)
+        return HttpError(response.status_code, envelope.scrub(text), wait, source)
     return HttpError(
         response.status_code,
         envelope.scrub(text),
         parse_retry_after(response.headers.get("Retry-After")),
     )
+
+
+def never_sent(exc: requests.RequestException) -> bool:
+    """Whether the request cannot have reached the server: no connection was ever made (refused,
+    unresolvable, connect timeout). A read timeout or a connection dropped after sending may
+    have been acted on."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError) or isinstance(exc, requests.ReadTimeout):
+        return False
+    cause = exc.args[0] if exc.args else None
+    reason = getattr(cause, "reason", cause)
+    # NewConnectionError (refused, DNS) derives from ConnectTimeoutError.
+    return isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +80,61 @@ class RestCalls:
             try:
                 return fn()
             except requests.RequestException as exc:
-                # requests' own messages quote the URL and more; a short one of ours suffices.
-                retryable = method in IDEMPOTENT or isinstance(exc, requests.ConnectTimeout)
-                raise TransportError(
-                    f"cannot reach {self.host} ({type(exc).__name__})", retryable=retryable
-                ) from None
+                retryable = method in IDEMPOTENT or never_sent(exc)
+                raise self._transport(exc, retryable=retryable) from None
 
         return self.envelope.call(what, once, classify=classify_http, translate=self._translate)
+
+    def create(self, what: str, send: Callable[[], T], find: Callable[[], T | None]) -> T:
+        """A create through an API without idempotency keys (``send``, which raises ``HttpError``
+        for an error answer), made at most once.
+
+        It is sent again at once only where the server cannot have acted: a 429 or a connection
+        never made. After an answer that may hide a VM made anyway (a 5xx, a read timeout, a
+        connection dropped after sending), ``find`` looks it up by its unique name first (it
+        returns it, or ``None``; it raises as ``send`` does) and only if it is not there is the
+        create sent again. Raises as ``request``."""
+        lost: list[str] = []  # why earlier attempts' answers may hide a VM
+        looking = [False]  # whether the last failure was the look-up's
+
+        def once() -> T:
+            looking[0] = bool(lost)
+            try:
+                if lost:
+                    found = find()
+                    if found is not None:
+                        log.info(
+                            "%s: %s: found what an earlier attempt made (its answer was lost: %s)",
+                            self.envelope.key, what, lost[-1],
+                        )  # fmt: skip
+                        return found
+                    lost.clear()  # not made: a new attempt is as safe as the first
+                    looking[0] = False
+                return send()
+            except HttpError as exc:
+                if exc.status >= 500 and not looking[0]:
+                    lost.append(f"HTTP {exc.status}")
+                raise
+            except requests.RequestException as exc:
+                if not never_sent(exc) and not looking[0]:
+                    lost.append(type(exc).__name__)
+                # Retryable either way: a resend is preceded by the look-up above.
+                raise self._transport(exc, retryable=True) from None
+
+        try:
+            return self.envelope.call(what, once, classify=classify_http, translate=self._translate)
+        except (HttpError, ProviderError) as exc:
+            if not (looking[0] and lost) or isinstance(exc, RateLimitedError):
+                raise
+            shown = (
+                exc
+                if isinstance(exc, HttpError)
+                else str(exc).removeprefix(f"{self.envelope.key}: ")
+            )
+            raise self.envelope.error(
+                f"{what}: its answer was lost ({lost[-1]}) and the look-up for what it made "
+                f"failed ({shown}); the next run adopts it if it was made"
+            ) from None
 
     def call(self, what: str, method: str, fn: Callable[[], T]) -> T:
         """``request``, with every error answer a one-line ``ProviderError``."""
@@ -94,6 +164,12 @@ class RestCalls:
         except HttpError as exc:
             if exc.status != 404:
                 raise self.error(what, exc) from None
+
+    def _transport(self, exc: requests.RequestException, *, retryable: bool) -> TransportError:
+        # requests' own messages quote the URL and more; a short one of ours suffices.
+        return TransportError(
+            f"cannot reach {self.host} ({type(exc).__name__})", retryable=retryable
+        )
 
     def error(self, what: str, exc: HttpError) -> ProviderError:
         if exc.status in AUTH_STATUSES:

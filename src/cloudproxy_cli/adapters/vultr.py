@@ -76,8 +76,10 @@ class VultrProvider:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         page_size: int = PAGE_SIZE,
+        timeout_s: tuple[float, float] = TIMEOUT_S,
     ) -> None:
         self._instance = instance
+        self._timeout_s = timeout_s
         self._token = token
         self._token_env = token_env
         self._endpoint = endpoint.rstrip("/")
@@ -110,15 +112,19 @@ class VultrProvider:
     # --- Provider ---------------------------------------------------------------------------
 
     def list_proxies(self) -> list[Proxy]:
-        tag = instance_tag(self._instance)
         proxies = []
         owned = set()
-        for item in self._pages("/instances", "instances", "list instances", {"tag": tag}):
-            if not owns_tags(item.get("tags"), self._instance):
-                continue  # the tag filter matched, but the other mark is missing
-            proxy = self._to_proxy(item)
-            owned.add(proxy.id)
-            proxies.append(proxy)
+        # Every instance of the account, page by page: the v2 spec marks the `tag` filter
+        # deprecated and offers none that fits (label, hostname, region... name one VM or a
+        # place), so ownership is decided here, by both tags.
+        with self._env.reading("list instances"):
+            for item in self._pages("/instances", "instances", "list instances"):
+                self._item_id(item)  # even one not ours: a garbled list is no list
+                if not owns_tags(item.get("tags"), self._instance):
+                    continue  # another instance's, or not ours at all
+                proxy = self._to_proxy(item)
+                owned.add(proxy.id)
+                proxies.append(proxy)
         self._owned = owned
         return proxies
 
@@ -146,7 +152,13 @@ class VultrProvider:
         if self._firewall_id is not None:
             body["firewall_group_id"] = self._firewall_id
         try:
-            answer = self._request(_Call("POST", "/instances", "create instance", body=body))
+            # No idempotency key in this API: a create whose answer was lost is looked up by
+            # its unique label before it is ever sent again.
+            answer = self._rest.create(
+                "create instance",
+                partial(self._send, _Call("POST", "/instances", "create instance", body=body)),
+                partial(self._find_created, name),
+            )
         except HttpError as exc:
             if self._firewall_id is not None and _names_firewall(exc):
                 self._firewall_missing = self._firewall_id
@@ -158,9 +170,28 @@ class VultrProvider:
         item = answer.get("instance") if isinstance(answer, dict) else None
         if not isinstance(item, dict) or not item.get("id"):
             raise self._env.error("create instance: the answer names no instance")
-        proxy = self._to_proxy(item)
+        with self._env.reading("create instance"):
+            proxy = self._to_proxy(item)
         self._owned.add(proxy.id)
         return proxy
+
+    def _find_created(self, name: str) -> dict[str, Any] | None:
+        """The instance labelled ``name`` carrying both tags, as a create answers it (``None``:
+        no such instance). One request, errors raised as ``_send`` raises them."""
+        what = "find instance"
+        query: dict[str, str | int] = {"label": name, "per_page": self._page_size}
+        answer = self._send(_Call("GET", "/instances", what, params=query))
+        items = answer.get("instances") if isinstance(answer, dict) else None
+        if not isinstance(items, list):
+            raise self._env.error(f"{what}: the answer has no 'instances' list")
+        for item in items:
+            if (
+                isinstance(item, dict)
+                and item.get("label") == name
+                and owns_tags(item.get("tags"), self._instance)
+            ):
+                return {"instance": item}
+        return None
 
     def delete_proxy(self, proxy_id: str) -> None:
         path = f"/instances/{_path_segment(proxy_id)}"
@@ -279,7 +310,10 @@ class VultrProvider:
             following = links.get("next") if isinstance(links, dict) else None
             if following and not isinstance(following, str):
                 raise self._env.error(f"{what}: the API's page cursor is not text")
-            return [item for item in items if isinstance(item, dict)], following or None
+            if not all(isinstance(item, dict) for item in items):
+                # Skipping it could hide a VM of ours, and the engine would create another.
+                raise self._env.error(f"{what}: the answer lists an item that is not an object")
+            return items, following or None
 
         return paginate(fetch, fail=self._env.error, what=what)
 
@@ -302,7 +336,7 @@ class VultrProvider:
             self._endpoint + call.path,
             params=call.params,
             json=call.body,
-            timeout=TIMEOUT_S,
+            timeout=self._timeout_s,
         )
         if response.status_code >= 400:
             raise http_error(response, "error", self._env)
@@ -319,10 +353,16 @@ class VultrProvider:
             hint += " and the API key's allowed IP ranges"
         return self._env.error(f"authentication failed ({exc.status}); {hint}")
 
+    def _item_id(self, item: dict[str, Any]) -> str:
+        vm_id = item.get("id")
+        if not isinstance(vm_id, str) or not vm_id:
+            raise self._env.error("the API listed an instance without a valid id")
+        return vm_id
+
     def _to_proxy(self, item: dict[str, Any]) -> Proxy:
         ip = item.get("main_ip")
         return Proxy(
-            id=str(item["id"]),
+            id=self._item_id(item),
             created_at=self._created_at(item),
             ip=ip if isinstance(ip, str) and ip not in _NO_ADDRESS else None,
         )

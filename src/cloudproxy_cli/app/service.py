@@ -8,11 +8,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from cloudproxy_cli.core.caps import create_refused
 from cloudproxy_cli.core.errors import (
     CloudProxyError,
     FirewallMissingError,
     ProviderError,
     ProxyNotFoundError,
+    RateLimitedError,
 )
 from cloudproxy_cli.core.firewall import firewall_check_due
 from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget, Proxy
@@ -125,10 +127,13 @@ def _execute(
     action already taken.
     """
     done: list[ActionOutcome] = []
+    backed_off: str | None = None  # the API asked this instance to stop calling for this run
     actions: list[CreateAction | DeleteAction] = [*plan.deletes, *plan.creates]
     for action in actions:
         outcome: ActionOutcome
         try:
+            if backed_off is not None:
+                raise ProviderError(f"not attempted: {backed_off}")
             if isinstance(action, DeleteAction):
                 runtime.provider.delete_proxy(action.proxy_id)
                 outcome = ActionOutcome(action, ok=True)
@@ -137,12 +142,18 @@ def _execute(
                     action.reason,
                 )  # fmt: skip
             else:
+                if refused := create_refused(plan, runtime.policy, done):
+                    raise ProviderError(refused)
                 firewall_error = firewall.ensure()
                 if firewall_error is not None:
                     raise ProviderError(firewall_error)
                 created = runtime.provider.create_proxy()
                 outcome = ActionOutcome(action, ok=True, created=created)
                 log.info("Created %s in %s: %s", created.id, plan.key, action.reason)
+        except RateLimitedError as exc:
+            backed_off = str(exc)
+            outcome = ActionOutcome(action, ok=False, error=backed_off)
+            log.error("%s: stopping its actions for this run: %s", plan.key, exc)
         except FirewallMissingError as exc:
             firewall.forget()
             outcome = ActionOutcome(action, ok=False, error=str(exc))

@@ -98,6 +98,7 @@ def instance_policy(
         rolling=rolling,
         min_scaling=inst.min_scaling,
         max_scaling=inst.max_scaling,
+        max_creates_per_run=settings.max_creates_per_run,
         age_limit=timedelta(seconds=settings.age_limit) if settings.age_limit else None,
         pending_timeout=timedelta(seconds=settings.pending_timeout),
         progress_deadline=timedelta(seconds=settings.rolling_progress_deadline),

@@ -61,7 +61,8 @@ class ReconcileResult(CommandResult):
         summary = self.summary()
         if self.detailed_exitcode and summary["create"] + summary["delete"]:
             return ExitCode.CHANGES_PENDING
-        return ExitCode.DEGRADED if self.degraded() else ExitCode.OK
+        capped = any(i.plan is not None and i.plan.caps_reached for i in instances)
+        return ExitCode.DEGRADED if capped or self.degraded() else ExitCode.OK
 
     def degraded(self) -> dict[str, tuple[str, ...]]:
         """Per degraded instance, why (a stalled rollout, too few healthy proxies)."""

@@ -6,7 +6,9 @@ CloudProxyError
 ├── LockHeldError        another run holds the state lock (exit 5)
 ├── StateError           the state file cannot be read or written (exit 1)
 └── ProviderError        a provider call failed (the instance fails for this run)
-    └── ProxyNotFoundError  no proxy has the given address
+    ├── ProxyNotFoundError  no proxy has the given address
+    ├── FirewallMissingError  a create named a firewall that no longer exists
+    └── RateLimitedError    the API asked us to back off: no more calls for that instance this run
 """
 
 from __future__ import annotations
@@ -42,3 +44,8 @@ class ProxyNotFoundError(ProviderError):
 
 class FirewallMissingError(ProviderError):
     """A create failed because the firewall id remembered in the state no longer exists."""
+
+
+class RateLimitedError(ProviderError):
+    """The API asked us to wait (429, Retry-After, DigitalOcean's ``ratelimit-reset``) longer than
+    a run may wait, or kept refusing: that instance makes no more calls in this run."""

@@ -153,8 +153,24 @@ def max_scaling_limits(
     max_scaling: int, key: InstanceKey, n: int, deficit: int, min_scaling: int
 ) -> str:
     return (
-        f"MAX_SCALING ({max_scaling}) for {key}: creating {n} of the "
-        f"{deficit} proxies needed to reach MIN_SCALING ({min_scaling})"
+        f"MAX_SCALING={max_scaling} reached: {deficit - n} creates deferred "
+        f"(MAX_SCALING ({max_scaling}) for {key}: creating {n} of the "
+        f"{deficit} proxies needed to reach MIN_SCALING ({min_scaling}))"
+    )
+
+
+def max_creates_reached(cap: int, key: InstanceKey, deferred: int) -> str:
+    return f"MAX_CREATES_PER_RUN={cap} reached: {deferred} creates deferred in {key}"
+
+
+def surge_capped(max_scaling: int, key: InstanceKey) -> str:
+    return f"MAX_SCALING={max_scaling} reached: a surge recycle in {key} is deferred"
+
+
+def create_skipped_over_max(max_scaling: int, existing: int) -> str:
+    return (
+        f"not created: MAX_SCALING ({max_scaling}) would be exceeded, since {existing} proxies "
+        "still exist after a failed deletion"
     )
 
 

@@ -52,6 +52,8 @@ class Plan:
     aged_ids: frozenset[str] = frozenset()
     pending_ids: frozenset[str] = frozenset()
     probe_failures: tuple[ProbeFailure, ...] = ()  # observed proxies whose probe failed
+    # The caps (``MAX_SCALING``, ``MAX_CREATES_PER_RUN``) that held back a create this run.
+    caps_reached: tuple[str, ...] = ()
 
     @property
     def is_empty(self) -> bool:

@@ -36,6 +36,8 @@ class InstancePolicy:
     min_scaling: int
     age_limit: timedelta | None = None  # None or zero: proxies never age
     max_scaling: int | None = None  # hard cap on proxies that exist at once (surge included)
+    # Hard cap on the creates of one run; None: ROLLING_BATCH_SIZE + the MIN_SCALING deficit.
+    max_creates_per_run: int | None = None
     pending_timeout: timedelta = timedelta(seconds=600)
     # A rollout with no recycle completed for this long is stalled (exit code 6); None: never.
     progress_deadline: timedelta | None = timedelta(seconds=1800)
@@ -56,6 +58,13 @@ class InstancePolicy:
 
     def min_available_adjusted(self) -> bool:
         return self.rolling.min_available >= self.min_scaling
+
+    def creates_cap(self, deficit: int) -> int:
+        """The most proxies one run may create: ``MAX_CREATES_PER_RUN``, or when unset
+        ``ROLLING_BATCH_SIZE`` plus the run's ``deficit`` below MIN_SCALING."""
+        if self.max_creates_per_run is not None:
+            return self.max_creates_per_run
+        return self.rolling.batch_size + max(deficit, 0)
 
 
 OVERRIDE_SOURCE = "rolling set"

@@ -56,6 +56,12 @@ class RunDecisions:
     deferrals: list[Deferral] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    caps: list[str] = field(default_factory=list)  # caps that held back a create, once each
+
+    def cap_reached(self, setting: str, warning: str) -> None:
+        if setting not in self.caps:
+            self.caps.append(setting)
+            self.warnings.append(warning)
 
     def age(self, proxy: Proxy) -> timedelta:
         return self.now - proxy.created_at
@@ -129,6 +135,7 @@ def reconcile(
         aged_ids=fleet.aged,
         pending_ids=fleet.pending,
         probe_failures=probe_failures(fleet),
+        caps_reached=tuple(run.caps),
     )
 
 
@@ -415,6 +422,7 @@ def _select_candidate(
     if rolling.strategy == Strategy.SURGE:
         if policy.max_scaling is not None and budget.existing >= policy.max_scaling:
             run.defer(p, messages.no_room_to_surge(policy.max_scaling))
+            run.cap_reached("MAX_SCALING", messages.surge_capped(policy.max_scaling, run.key))
             return False
         budget.existing += 1  # its replacement is created before it goes
         return True
@@ -467,17 +475,7 @@ def scale(
 def _create(
     run: RunDecisions, fleet: Fleet, ops: Sequence[RecycleOperation], counted: int, deficit: int
 ) -> tuple[CreateAction, ...]:
-    policy = run.policy
-    n = deficit
-    if policy.max_scaling is not None:
-        room = policy.max_scaling - (len(fleet.proxies) - len(run.removed))
-        n = max(0, min(deficit, room))
-        if n < deficit:
-            run.warnings.append(
-                messages.max_scaling_limits(
-                    policy.max_scaling, run.key, n, deficit, policy.min_scaling
-                )
-            )
+    n = _within_caps(run, fleet, deficit)
     waiting = [
         op for op in ops if op.replacement_id is None and op.strategy != OperationStrategy.ADOPTED
     ]
@@ -489,9 +487,32 @@ def _create(
             creates.append(CreateAction(reason, op.op_id))
         else:
             creates.append(
-                CreateAction(messages.below_min_scaling(counted + i, policy.min_scaling))
+                CreateAction(messages.below_min_scaling(counted + i, run.policy.min_scaling))
             )
     return tuple(creates)
+
+
+def _within_caps(run: RunDecisions, fleet: Fleet, deficit: int) -> int:
+    """How many of the ``deficit`` creates the caps allow. MAX_SCALING counts every proxy the
+    provider lists (ours, whatever their state: a ghost create counts once it is listed) that
+    this run does not delete; MAX_CREATES_PER_RUN bounds the run whatever the provider says."""
+    policy = run.policy
+    n = deficit
+    if policy.max_scaling is not None:
+        room = policy.max_scaling - (len(fleet.proxies) - len(run.removed))
+        n = max(0, min(n, room))
+        if n < deficit:
+            run.cap_reached(
+                "MAX_SCALING",
+                messages.max_scaling_limits(
+                    policy.max_scaling, run.key, n, deficit, policy.min_scaling
+                ),
+            )
+    cap = max(policy.creates_cap(deficit), 0)
+    if n > cap:
+        run.cap_reached("MAX_CREATES_PER_RUN", messages.max_creates_reached(cap, run.key, n - cap))
+        n = cap
+    return n
 
 
 # -- close operations ---------------------------------------------------------------------------
