@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import pytest
 import requests
@@ -13,19 +11,13 @@ import requests
 from cloudproxy_cli.core.errors import ProviderError
 from tests.standins.base import FaultyStandIn
 from tests.standins.digitalocean import DigitalOceanStandIn
+from tests.standins.harness import HTTP_STANDINS, open_standin
 from tests.standins.http import Failure
-
-HTTP_STANDINS = ["digitalocean", "aws", "gcp", "hetzner", "vultr"]
 
 
 @pytest.fixture(params=HTTP_STANDINS)
 def standin(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FaultyStandIn]:
-    module = importlib.import_module(f"tests.standins.{request.param}")
-    stand = cast(FaultyStandIn, module.make_standin(tmp_path))
-    try:
-        yield stand
-    finally:
-        stand.close()
+    yield from open_standin(str(request.param), tmp_path)
 
 
 def assert_one_line_without_secrets(message: str, standin: FaultyStandIn) -> None:

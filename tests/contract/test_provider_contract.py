@@ -12,9 +12,10 @@ import pytest
 
 from cloudproxy_cli.app.service import InstanceRuntime, run_reconcile
 from cloudproxy_cli.core.errors import ProviderError
-from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget
+from cloudproxy_cli.core.model import InstanceKey
 from cloudproxy_cli.core.policy import InstancePolicy, RollingPolicy
 from tests.standins.base import StandIn
+from tests.standins.harness import AllHealthy, WallClock
 from tests.support.fakes import MemoryStore
 
 PROVIDERS = ["fake", "digitalocean", "aws", "gcp", "hetzner", "vultr"]
@@ -120,16 +121,6 @@ def test_secrets_never_appear_in_errors_or_logs(
 # --- API call budget, counted at the stand-in ----------------------------------------------------
 
 
-class AllHealthy:
-    def probe(self, targets: list[ProbeTarget]) -> dict[str, ProbeResult]:
-        return {t.proxy_id: ProbeResult(True) for t in targets}
-
-
-class Clock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
 def test_steady_state_costs_one_list_and_no_firewall_call(standin: StandIn) -> None:
     key = InstanceKey(standin.name, "default")
     policy = InstancePolicy(rolling=RollingPolicy(enabled=True), min_scaling=2)
@@ -137,7 +128,7 @@ def test_steady_state_costs_one_list_and_no_firewall_call(standin: StandIn) -> N
     store = MemoryStore()
 
     def run() -> None:
-        report = run_reconcile(lambda _s: [runtime], store, AllHealthy(), Clock())
+        report = run_reconcile(lambda _s: [runtime], store, AllHealthy(), WallClock())
         assert not report.instances[0].failed, report.instances[0].errors()
 
     run()  # creates two proxies: one firewall set-up, then one create request each

@@ -338,7 +338,7 @@ class GcpStandIn:
             raise ApiError(404, f"The resource 'projects/{project}' was not found")
         scheme, _, token = header.partition(" ")
         try:
-            claims = jwt.decode(token, certs=account.public_pem)
+            claims = jwt.decode(token, certs=account.public_pem)  # type: ignore[no-untyped-call]
         except (ValueError, auth_exceptions.GoogleAuthError):
             claims = None
         scopes = str((claims or {}).get("scope", ""))
@@ -499,7 +499,7 @@ class GcpStandIn:
         return vm
 
     def _new_vm(self, project: str, zone: str, body: dict[str, Any]) -> dict[str, Any]:
-        vm = json.loads(json.dumps(body))  # a deep copy: the stored VM is the server's own
+        vm: dict[str, Any] = json.loads(json.dumps(body))  # a deep copy: the server's own
         vm.update(
             _project=project,
             _zone=zone,

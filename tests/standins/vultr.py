@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
+from pydantic import SecretStr
 
 from cloudproxy_cli.adapters.common import ProxySettings
 from cloudproxy_cli.adapters.vultr import VultrProvider
@@ -120,7 +121,7 @@ class VultrStandIn:
     ) -> VultrProvider:
         settings = VultrSettings(
             enabled=True,
-            api_token=token if token is not None else self.tokens[account],
+            api_token=SecretStr(token if token is not None else self.tokens[account]),
             api_endpoint=self.endpoint,
         )
         # trust_env off: an HTTP(S)_PROXY in the test environment must not divert loopback calls.
