@@ -3,11 +3,8 @@ timeout) ends with exactly one VM, counted in each stand-in's own state (issue 7
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
 
 import pytest
 import requests
@@ -16,31 +13,22 @@ from cloudproxy_cli.adapters.digitalocean import DigitalOceanProvider
 from cloudproxy_cli.adapters.vultr import VultrProvider
 from cloudproxy_cli.app.service import InstanceRuntime, run_reconcile
 from cloudproxy_cli.core.errors import ProviderError
-from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget
+from cloudproxy_cli.core.model import InstanceKey
 from cloudproxy_cli.core.policy import InstancePolicy, RollingPolicy
 from cloudproxy_cli.core.ports import Provider
 from tests.standins.base import FaultyStandIn
 from tests.standins.digitalocean import DigitalOceanStandIn
+from tests.standins.harness import HTTP_STANDINS, AllHealthy, WallClock, open_standin
 from tests.standins.http import Failure
 from tests.standins.vultr import VultrStandIn
 from tests.support.fakes import MemoryStore
 
-PROVIDERS = ["digitalocean", "vultr", "aws", "gcp", "hetzner"]
 SHORT_READ = (5.0, 0.3)  # (connect, read): a held answer times out fast
 
 
-@pytest.fixture(params=PROVIDERS)
+@pytest.fixture(params=HTTP_STANDINS)
 def standin(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FaultyStandIn]:
-    yield from _standin(str(request.param), tmp_path)
-
-
-def _standin(name: str, tmp_path: Path) -> Iterator[FaultyStandIn]:
-    module = importlib.import_module(f"tests.standins.{name}")
-    stand = cast(FaultyStandIn, module.make_standin(tmp_path))
-    try:
-        yield stand
-    finally:
-        stand.close()
+    yield from open_standin(str(request.param), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +67,7 @@ def short_timeout_provider(standin: FaultyStandIn) -> Provider:
 
 @pytest.fixture(params=["digitalocean", "vultr"])
 def keyless(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FaultyStandIn]:
-    yield from _standin(str(request.param), tmp_path)
+    yield from open_standin(str(request.param), tmp_path)
 
 
 def test_a_create_whose_answer_timed_out_is_found_not_sent_again(keyless: FaultyStandIn) -> None:
@@ -118,16 +106,6 @@ def test_a_look_up_never_adopts_another_instances_vm(keyless: FaultyStandIn) -> 
     assert [p.id for p in mine.list_proxies()] == [created.id]
 
 
-class AllHealthy:
-    def probe(self, targets: list[ProbeTarget]) -> dict[str, ProbeResult]:
-        return {t.proxy_id: ProbeResult(True) for t in targets}
-
-
-class Clock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
 def test_the_next_reconcile_adopts_a_ghost_instead_of_creating_another(
     keyless: FaultyStandIn,
 ) -> None:
@@ -140,19 +118,19 @@ def test_the_next_reconcile_adopts_a_ghost_instead_of_creating_another(
     keyless.failures.add("create", Failure.ghost(502))
     keyless.failures.add("list", Failure.error(503), times=3, skip=1)  # the run's own list first
 
-    first = run_reconcile(lambda _s: [runtime], store, AllHealthy(), Clock())
+    first = run_reconcile(lambda _s: [runtime], store, AllHealthy(), WallClock())
     assert first.instances[0].failed
     assert all(isinstance(e, str) and "\n" not in e for e in first.instances[0].errors())
     assert len(keyless.vm_ids()) == 1
     assert keyless.requests().count("create") == 1
 
     keyless.reset_requests()
-    second = run_reconcile(lambda _s: [runtime], store, AllHealthy(), Clock())
+    second = run_reconcile(lambda _s: [runtime], store, AllHealthy(), WallClock())
     assert not second.instances[0].failed, second.instances[0].errors()
     assert "create" not in keyless.requests()
     assert len(keyless.vm_ids()) == 1
     keyless.boot_all()
-    third = run_reconcile(lambda _s: [runtime], store, AllHealthy(), Clock())
+    third = run_reconcile(lambda _s: [runtime], store, AllHealthy(), WallClock())
     assert not third.instances[0].failed
     assert len(keyless.vm_ids()) == 1
 

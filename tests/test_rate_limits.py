@@ -3,37 +3,30 @@ and no create or delete follows it in that run."""
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import cast
 
 import pytest
 
 from cloudproxy_cli.adapters.common import rate_limit_wait
 from cloudproxy_cli.app.service import InstanceRuntime, run_reconcile
 from cloudproxy_cli.core.errors import RateLimitedError
-from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget
+from cloudproxy_cli.core.model import InstanceKey
 from cloudproxy_cli.core.policy import InstancePolicy, RollingPolicy
 from tests.standins.base import FaultyStandIn
 from tests.standins.digitalocean import DigitalOceanStandIn
+from tests.standins.harness import HTTP_STANDINS, AllHealthy, WallClock, open_standin
 from tests.standins.http import Failure
 from tests.support.fakes import MemoryStore
 
-PROVIDERS = ["digitalocean", "vultr", "aws", "gcp", "hetzner"]
 UNTIL = r"rate limited until \d\d:\d\d:\d\dZ"
 
 
-@pytest.fixture(params=PROVIDERS)
+@pytest.fixture(params=HTTP_STANDINS)
 def standin(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FaultyStandIn]:
-    module = importlib.import_module(f"tests.standins.{request.param}")
-    stand = cast(FaultyStandIn, module.make_standin(tmp_path))
-    try:
-        yield stand
-    finally:
-        stand.close()
+    yield from open_standin(str(request.param), tmp_path)
 
 
 @pytest.fixture
@@ -107,16 +100,6 @@ def test_rate_limit_wait_reads_retry_after_first_then_ratelimit_reset() -> None:
     assert rate_limit_wait({}, now=now)[0] is None
 
 
-class AllHealthy:
-    def probe(self, targets: list[ProbeTarget]) -> dict[str, ProbeResult]:
-        return {t.proxy_id: ProbeResult(True) for t in targets}
-
-
-class Clock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
 def test_a_rate_limited_create_stops_that_instances_other_actions(
     do: DigitalOceanStandIn,
 ) -> None:
@@ -129,7 +112,7 @@ def test_a_rate_limited_create_stops_that_instances_other_actions(
     store = MemoryStore()
     do.failures.add("create", Failure.rate_limited(reset_in=900))
 
-    report = run_reconcile(lambda _s: [runtime, other], store, AllHealthy(), Clock())
+    report = run_reconcile(lambda _s: [runtime, other], store, AllHealthy(), WallClock())
     mine, theirs = report.instances
     errors = mine.errors()
     assert len(errors) == 3
@@ -142,7 +125,7 @@ def test_a_rate_limited_create_stops_that_instances_other_actions(
     assert len(runtime.provider.list_proxies()) == 0
 
     do.reset_requests()
-    again = run_reconcile(lambda _s: [runtime, other], store, AllHealthy(), Clock())
+    again = run_reconcile(lambda _s: [runtime, other], store, AllHealthy(), WallClock())
     assert not again.instances[0].failed, again.instances[0].errors()
     assert do.requests().count("create") == 3
     assert len(runtime.provider.list_proxies()) == 3

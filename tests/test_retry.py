@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -24,6 +24,19 @@ from cloudproxy_cli.adapters.common import (
     vm_name,
 )
 from cloudproxy_cli.core.errors import ProviderError, RateLimitedError
+
+
+@pytest.fixture(autouse=True)
+def _cloudproxy_logs_reach_caplog() -> Iterator[None]:
+    # The CLI's log set-up (run by another test in the same worker) gives "cloudproxy" a level
+    # and stops it propagating; caplog listens at the root.
+    logger = logging.getLogger("cloudproxy")
+    saved = logger.level, logger.propagate
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+    yield
+    logger.setLevel(saved[0])
+    logger.propagate = saved[1]
 
 
 class Transient(Exception):

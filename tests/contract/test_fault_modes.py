@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import pytest
 import requests
 
 from cloudproxy_cli.core.errors import ProviderError
+from cloudproxy_cli.core.ports import Provider
+from tests.standins.aws import AwsStandIn
 from tests.standins.base import FaultyStandIn
 from tests.standins.digitalocean import DigitalOceanStandIn
+from tests.standins.gcp import GcpStandIn
+from tests.standins.harness import HTTP_STANDINS, open_standin
+from tests.standins.hetzner import HetznerStandIn
 from tests.standins.http import Failure
-
-HTTP_STANDINS = ["digitalocean", "aws", "gcp", "hetzner", "vultr"]
+from tests.standins.vultr import VultrStandIn
 
 
 @pytest.fixture(params=HTTP_STANDINS)
 def standin(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FaultyStandIn]:
-    module = importlib.import_module(f"tests.standins.{request.param}")
-    stand = cast(FaultyStandIn, module.make_standin(tmp_path))
-    try:
-        yield stand
-    finally:
-        stand.close()
+    yield from open_standin(str(request.param), tmp_path)
 
 
 def assert_one_line_without_secrets(message: str, standin: FaultyStandIn) -> None:
@@ -113,3 +110,28 @@ def test_a_hang_outlasts_a_short_client_timeout_and_still_processes() -> None:
         assert len(standin.vm_ids()) == 1  # processed before the answer was held
     finally:
         standin.close()
+
+
+def paged_provider(standin: FaultyStandIn) -> Provider:
+    """The adapter, with pages of one VM (set on whichever side each stand-in allows)."""
+    if isinstance(standin, GcpStandIn):
+        standin.page_size = 1  # the server's cap
+    if isinstance(standin, HetznerStandIn):
+        standin.max_per_page = 1
+        return standin.provider()
+    if isinstance(standin, DigitalOceanStandIn | VultrStandIn | AwsStandIn):
+        return standin.provider(page_size=1)
+    return standin.provider()
+
+
+def test_a_later_page_that_fails_fails_the_whole_list(standin: FaultyStandIn) -> None:
+    provider = paged_provider(standin)
+    for _ in range(2):
+        provider.create_proxy()
+    assert len(provider.list_proxies()) == 2
+    standin.reset_requests()
+    standin.failures.add("list", Failure.drop(), times=4, skip=1)  # page 2, every attempt
+    with pytest.raises(ProviderError) as caught:
+        provider.list_proxies()
+    assert_one_line_without_secrets(str(caught.value), standin)
+    assert standin.requests().count("list") == 5  # page 1 once, page 2 four times

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,9 +12,10 @@ import pytest
 
 from cloudproxy_cli.app.service import InstanceRuntime, run_reconcile
 from cloudproxy_cli.core.errors import ProviderError
-from cloudproxy_cli.core.model import InstanceKey, ProbeResult, ProbeTarget
+from cloudproxy_cli.core.model import InstanceKey
 from cloudproxy_cli.core.policy import InstancePolicy, RollingPolicy
 from tests.standins.base import StandIn
+from tests.standins.harness import AllHealthy
 from tests.support.fakes import MemoryStore
 
 PROVIDERS = ["fake", "digitalocean", "aws", "gcp", "hetzner", "vultr"]
@@ -118,11 +119,6 @@ def test_secrets_never_appear_in_errors_or_logs(
 
 
 # --- API call budget, counted at the stand-in ----------------------------------------------------
-
-
-class AllHealthy:
-    def probe(self, targets: Sequence[ProbeTarget]) -> dict[str, ProbeResult]:
-        return {t.proxy_id: ProbeResult(True) for t in targets}
 
 
 class Clock:

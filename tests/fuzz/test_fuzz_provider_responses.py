@@ -247,17 +247,9 @@ def test_a_list_of_the_wrong_shape_is_an_error(target: Target, data: st.DataObje
 @FUZZ
 @given(data=st.data())
 def test_a_mutated_list_answer_is_read_or_refused(target: Target, data: st.DataObject) -> None:
-    if target.name == "aws":
-        body, touched = data.draw(_xml_mutation(target.list_answer))
-    else:
-        path = data.draw(st.sampled_from(list(_paths(target.list_answer))))
-        delete = bool(path) and data.draw(st.booleans())
-        new = data.draw(values | st.just([None] * 2000))
-        mutated = _mutate(target.list_answer, path, new, delete=delete)
-        body = json.dumps(mutated).encode()
-        touched = {str(step) for step in path}
-        if _lists_nothing(mutated, target):
-            touched.add("<empty>")
+    body, touched, mutated = data.draw(_mutation(target, target.list_answer))
+    if _lists_nothing(mutated, target):
+        touched.add("<empty>")
     # Our VM may rightly drop out when its marks changed, or when the answer is a well-formed
     # empty list (its item removed, its list replaced by an empty one).
     may_be_empty = bool(touched & (target.visibility | {"<empty>"}))
@@ -267,14 +259,21 @@ def test_a_mutated_list_answer_is_read_or_refused(target: Target, data: st.DataO
 @FUZZ
 @given(data=st.data())
 def test_a_mutated_create_answer_is_read_or_refused(target: Target, data: st.DataObject) -> None:
-    if target.name == "aws":
-        body, _ = data.draw(_xml_mutation(target.create_answer))
-    else:
-        path = data.draw(st.sampled_from(list(_paths(target.create_answer))))
-        delete = bool(path) and data.draw(st.booleans())
-        new = data.draw(values)
-        body = json.dumps(_mutate(target.create_answer, path, new, delete=delete)).encode()
+    body, _, _ = data.draw(_mutation(target, target.create_answer))
     _check(target, "create", Failure.malformed(body, status=202), may_be_empty=True)
+
+
+@st.composite
+def _mutation(draw: st.DrawFn, target: Target, template: Any) -> tuple[bytes, set[str], Any]:
+    """``template`` with one field replaced (by anything, a huge list included) or removed: the
+    body to send, the names of the fields touched, and the mutated answer (``None`` for XML)."""
+    if target.name == "aws":
+        body, touched = draw(_xml_mutation(template))
+        return body, touched, None
+    path = draw(st.sampled_from(list(_paths(template))))
+    delete = bool(path) and draw(st.booleans())
+    mutated = _mutate(template, path, draw(values | st.just([None] * 2000)), delete=delete)
+    return json.dumps(mutated).encode(), {str(step) for step in path}, mutated
 
 
 @FUZZ

@@ -20,8 +20,15 @@ class StandIn(Protocol):
     traffic anywhere else.
     """
 
-    name: str  # the provider's name: "digitalocean", "aws", ...
-    secrets: tuple[str, ...]  # the credentials its adapters were given: never in errors or logs
+    @property
+    def name(self) -> str:
+        """The provider's name: "digitalocean", "aws", ..."""
+        ...
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The credentials its adapters were given: never in errors or logs."""
+        ...
 
     def provider(self, instance: str = "default") -> Provider:
         """A real adapter for ``instance``, made by ``app.factories``, pointed here."""

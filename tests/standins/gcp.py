@@ -514,9 +514,7 @@ class GcpStandIn:
         return vm
 
     def _new_vm(self, project: str, zone: str, body: dict[str, Any]) -> dict[str, Any]:
-        vm: dict[str, Any] = json.loads(
-            json.dumps(body)
-        )  # a deep copy: the stored VM is the server's own
+        vm: dict[str, Any] = json.loads(json.dumps(body))  # a deep copy: the server's own
         vm.update(
             _project=project,
             _zone=zone,

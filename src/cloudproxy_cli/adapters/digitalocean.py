@@ -34,7 +34,7 @@ from cloudproxy_cli.adapters.common import (
     utc_datetime,
     vm_name,
 )
-from cloudproxy_cli.adapters.rest import TIMEOUT_S, RestCalls, http_error
+from cloudproxy_cli.adapters.rest import TIMEOUT_S, Named, RestCalls, http_error
 from cloudproxy_cli.core.errors import ProviderError
 from cloudproxy_cli.core.model import Proxy
 
@@ -196,17 +196,8 @@ class DigitalOceanProvider:
         # The API's name filter is exact (case-insensitive) and cannot be combined with tag_name.
         query = {"name": name, "per_page": self._page_size}
         answer = self._unwrap(what, partial(manager.get_data, "droplets", params=query))
-        items = answer.get("droplets") if isinstance(answer, dict) else None
-        if not isinstance(items, list):
-            raise self._env.error(f"{what}: the answer has no 'droplets' list")
-        for droplet in items:
-            if (
-                isinstance(droplet, dict)
-                and droplet.get("name") == name
-                and owns_tags(droplet.get("tags"), self._instance)
-            ):
-                return {"droplet": droplet}
-        return None
+        found = Named("droplets", "name", name, self._instance).pick(answer, self._env, what)
+        return None if found is None else {"droplet": found}
 
     def delete_proxy(self, proxy_id: str) -> None:
         import digitalocean

@@ -15,6 +15,7 @@ from cloudproxy_cli.adapters.common import (
     HttpError,
     TransportError,
     classify_http,
+    owns_tags,
     parse_retry_after,
     rate_limit_wait,
 )
@@ -61,6 +62,31 @@ def never_sent(exc: requests.RequestException) -> bool:
     reason = getattr(cause, "reason", cause)
     # NewConnectionError (refused, DNS) derives from ConnectTimeoutError.
     return isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Named:
+    """How to find the VM a create made in a list answer: its list (``key``), the field
+    (``field``) holding the unique ``name``, and the instance whose tags it must carry."""
+
+    key: str  # "droplets"
+    field: str  # "name"
+    name: str
+    instance: str
+
+    def pick(self, answer: object, envelope: Envelope, what: str) -> dict[str, Any] | None:
+        """The one item of ``answer`` with that name and both tags, else ``None``."""
+        items = answer.get(self.key) if isinstance(answer, dict) else None
+        if not isinstance(items, list):
+            raise envelope.error(f"{what}: the answer has no {self.key!r} list")
+        for item in items:
+            if (
+                isinstance(item, dict)
+                and item.get(self.field) == self.name
+                and owns_tags(item.get("tags"), self.instance)
+            ):
+                return item
+        return None
 
 
 @dataclass(frozen=True, slots=True)

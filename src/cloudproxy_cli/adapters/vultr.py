@@ -32,7 +32,7 @@ from cloudproxy_cli.adapters.common import (
     utc_datetime,
     vm_name,
 )
-from cloudproxy_cli.adapters.rest import TIMEOUT_S, RestCalls, http_error
+from cloudproxy_cli.adapters.rest import TIMEOUT_S, Named, RestCalls, http_error
 from cloudproxy_cli.core.errors import FirewallMissingError, ProviderError
 from cloudproxy_cli.core.model import Proxy
 
@@ -181,17 +181,8 @@ class VultrProvider:
         what = "find instance"
         query: dict[str, str | int] = {"label": name, "per_page": self._page_size}
         answer = self._send(_Call("GET", "/instances", what, params=query))
-        items = answer.get("instances") if isinstance(answer, dict) else None
-        if not isinstance(items, list):
-            raise self._env.error(f"{what}: the answer has no 'instances' list")
-        for item in items:
-            if (
-                isinstance(item, dict)
-                and item.get("label") == name
-                and owns_tags(item.get("tags"), self._instance)
-            ):
-                return {"instance": item}
-        return None
+        found = Named("instances", "label", name, self._instance).pick(answer, self._env, what)
+        return None if found is None else {"instance": found}
 
     def delete_proxy(self, proxy_id: str) -> None:
         path = f"/instances/{_path_segment(proxy_id)}"
