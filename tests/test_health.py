@@ -111,7 +111,7 @@ class FakeProxy:
 def test_good_credentials_through_proxy_py_are_healthy(prober: HttpProber, proxy_port: int) -> None:
     ok, detail, elapsed = probe_one(prober, proxy_port)
     assert (ok, detail) == (True, "ok")
-    assert 0 < elapsed < 2.0  # measured, and an ok probe by definition ended within its timeout
+    assert elapsed > 0  # measured; the deadline itself is proven by the black-hole tests
 
 
 def test_wrong_credentials_fail_with_407(proxy_port: int) -> None:

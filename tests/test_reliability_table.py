@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.reliability import LOG_ENV, record
+from tests.fuzz.support import Reliability
 
 SCRIPT = Path(__file__).parent.parent / "scripts" / "reliability_table"
 
@@ -30,17 +31,19 @@ def test_the_log_becomes_one_row_per_fault_class_with_totals(tmp_path: Path) -> 
         {"suite": "faults", "fault_class": "provider create: 5xx", "outcome": "failed",
          "provider": "aws"},
         {"suite": "fuzz", "fault_class": "state file: random bytes", "outcome": "refused"},
+        {"suite": "fuzz", "fault_class": "state file: random bytes", "outcome": "refused",
+         "cases": 40},
     ]  # fmt: skip
     log.write_text("".join(json.dumps(c) + "\n" for c in cases) + "\n")
     out = tmp_path / "docs" / "reliability.md"
     result = run(str(log), "--output", str(out))
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "reliability: 4 cases (1 failed, 2 recovered, 1 refused)\n"
+    assert result.stdout == "reliability: 44 cases (1 failed, 2 recovered, 41 refused)\n"
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
     assert rows[1:] == [
         "| faults | provider create: 5xx | aws, vultr | 3 | 1 failed, 2 recovered |",
-        "| fuzz | state file: random bytes | — | 1 | 1 refused |",
-        "| **total** | 2 classes | | **4** | 1 failed, 2 recovered, 1 refused |",
+        "| fuzz | state file: random bytes | — | 41 | 41 refused |",
+        "| **total** | 2 classes | | **44** | 1 failed, 2 recovered, 41 refused |",
     ]
     # Without --output the same markdown goes to stdout.
     assert run(str(log)).stdout == out.read_text()
@@ -56,6 +59,20 @@ def test_a_malformed_log_is_a_one_line_error(tmp_path: Path) -> None:
     )
     log.write_text("{not json\n")
     assert "not JSON" in run(str(log)).stderr
+    log.write_text('{"suite": "fuzz", "fault_class": "x", "outcome": "ok", "cases": 0}\n')
+    assert "cases must be a positive whole number" in run(str(log)).stderr
+
+
+def test_the_fuzz_suites_lines_are_read_by_the_generator(tmp_path: Path) -> None:
+    recorder = Reliability()
+    for _ in range(3):
+        recorder.record("config/env", "loaded")
+    recorder.record("config/env", "config-error")
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(line + "\n" for line in recorder.lines("tests/fuzz/x.py::t")))
+    result = run(str(log))
+    assert result.returncode == 0, result.stderr
+    assert "| fuzz | config/env | — | 4 | 1 config-error, 3 loaded |" in result.stdout
 
 
 def test_the_fault_suite_records_one_line_per_case(

@@ -6,11 +6,11 @@ written. Each fuzz test takes the ``reliability`` fixture and calls
 words such as ``loaded``, ``config-error``, ``exit-2``, ``recovered``, ``refused``). At the
 end of the test one JSON line per (fault class, outcome) is appended::
 
-    {"test": "tests/fuzz/test_fuzz_state.py::test_x", "fault_class": "state/truncated",
-     "outcome": "recovered", "cases": 41}
+    {"suite": "fuzz", "test": "tests/fuzz/test_fuzz_state.py::test_x",
+     "fault_class": "state/truncated", "outcome": "recovered", "cases": 41}
 
 Lines are appended with one ``write`` each, so parallel xdist workers can share the file.
-Sum ``cases`` by ``fault_class`` and ``outcome`` to build the reliability table.
+scripts/reliability_table sums ``cases`` by suite, fault class and outcome.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class Reliability:
 
     def lines(self, test: str) -> list[str]:
         return [
-            json.dumps({"test": test, "fault_class": f, "outcome": o, "cases": n})
+            json.dumps({"suite": "fuzz", "test": test, "fault_class": f, "outcome": o, "cases": n})
             for (f, o), n in sorted(self.counts.items())
         ]
 
