@@ -279,6 +279,9 @@ class Settings(BaseModel):
     only_host_ip: Flag = False
     host_ip: OptionalIp = None  # this host's public IP: required with ONLY_HOST_IP
     allow_open_proxy: Flag = False
+    # reconcile writes its Prometheus metrics here after every real run (None: no metrics);
+    # a relative path is relative to the working directory, as --metrics-file's is.
+    metrics_file: OptionalText = None
     providers: dict[str, dict[str, InstanceSettings]] = Field(default_factory=dict)
 
     def rolling_policy(self) -> RollingPolicy:

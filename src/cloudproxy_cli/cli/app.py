@@ -19,7 +19,7 @@ from typer.exceptions import TyperException
 from cloudproxy_cli.cli import render
 from cloudproxy_cli.cli.completion import completion
 from cloudproxy_cli.cli.config_cmd import config_app
-from cloudproxy_cli.cli.context import Options
+from cloudproxy_cli.cli.context import Options, error
 from cloudproxy_cli.cli.exit_codes import EXIT_CODES_HELP, ExitCode
 from cloudproxy_cli.cli.proxies import destroy, proxies_app
 from cloudproxy_cli.cli.reconcile import reconcile
@@ -119,9 +119,7 @@ def root(
 # --- entry point -----------------------------------------------------------------------------
 
 
-def _error(message: str) -> None:
-    # One line, on stderr, whatever the error: no traceback for anything the user can fix.
-    sys.stderr.write(f"cloudproxy: error: {' '.join(message.split())}\n")
+_error = error
 
 
 # Most specific first: ProxyNotFoundError is a ProviderError, which is a plain failure.
