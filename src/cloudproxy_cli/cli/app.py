@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -134,6 +135,14 @@ _EXIT_CODES: tuple[tuple[type[CloudProxyError], ExitCode], ...] = (
 
 def _usage_error(exc: TyperException) -> int:
     """Typer's (vendored click's) usage errors: bad option, bad value."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        # A bare group (`cloudproxy rolling`): its help, on stdout, exit 0, as git and kubectl
+        # do. Typer's rich help printed itself while building this message (then empty).
+        # Matched by name, as Typer itself does: the class is not public API.
+        text = exc.format_message() if hasattr(exc, "format_message") else ""
+        if text.strip():
+            typer.echo(text)
+        return ExitCode.OK
     ctx = getattr(exc, "ctx", None)
     hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
@@ -204,6 +213,12 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None)
         # The reader (`| head`) has all it wanted: not an error.
         _discard_stdout()
         return ExitCode.OK
+    except SystemExit as exc:
+        # Rich and Typer handle a closed pipe themselves (help text into `| head`): exit 1.
+        if not _closed_pipe(exc):
+            raise
+        _discard_stdout()
+        return ExitCode.OK
     except Exception as exc:  # a bug: say so in one line; CLOUDPROXY_DEBUG=1 shows the traceback
         if env.get("CLOUDPROXY_DEBUG"):
             raise
@@ -237,6 +252,19 @@ def _leave_now(signum: int, frame: FrameType | None) -> None:
 def _disarm() -> None:
     if _interrupted.is_set():
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _closed_pipe(exc: SystemExit) -> bool:
+    """Whether ``exc`` is Rich's or Typer's exit on a closed pipe: raised while handling EPIPE.
+    Typer wraps the streams in click's ``PacifyFlushWrapper`` first: the real ones go back."""
+    cause = exc.__context__
+    if not (isinstance(cause, OSError) and cause.errno == errno.EPIPE):
+        return False
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if hasattr(stream, "wrapped"):
+            setattr(sys, name, stream.wrapped)
+    return True
 
 
 def _discard_stdout() -> None:
