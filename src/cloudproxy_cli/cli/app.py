@@ -9,7 +9,6 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
-from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -64,6 +63,8 @@ app.command()(completion)
 
 def _print_version(value: bool) -> None:
     if value:
+        from importlib.metadata import version  # not at start-up: it scans installed packages
+
         typer.echo(f"cloudproxy {version('cloudproxy-cli')}")
         raise typer.Exit()
 

@@ -6,7 +6,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cloudproxy_cli.app.status import run_document
 from cloudproxy_cli.cli import render
 from cloudproxy_cli.cli.exit_codes import ExitCode
 from cloudproxy_cli.core.phase import degraded_reasons, rollout_stalled
@@ -127,6 +126,8 @@ class ReconcileResult(CommandResult):
         return notes
 
     def document(self) -> Any:
+        from cloudproxy_cli.app.status import run_document
+
         doc = run_document(self.report, self.policies, int(self.exit_code), self.degraded())
         stalled = self.stalled()
         for key, inst in doc["instances"].items():
