@@ -662,8 +662,8 @@ def _global_lookalike(var: str) -> str | None:
     names = [*(key.upper() for key in GLOBAL_SETTINGS), CONFIG_ENV_VAR]
     if var in names:
         return None
-    close = difflib.get_close_matches(var, names, n=1, cutoff=_CLOSE)
     if var.startswith(_ALWAYS_OURS):
+        close = difflib.get_close_matches(var, names, n=1, cutoff=_CLOSE)
         family = [n for n in names if n.startswith(var.split("_", 1)[0] + "_")]
         return _ignored(var, close[0] if close else None, ", ".join(family))
     # Beyond our own prefixes, only a near-exact name is taken as a typo of ours.
