@@ -160,7 +160,9 @@ class InstanceSettings(BaseModel):
     ``[providers.<provider>.<instance>] <field> = ...`` in TOML; secrets must be ``SecretStr``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a provider's validators are built when one of its instances is configured,
+    # not at every start-up for all six providers (about half the cost of importing config).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     enabled: Flag = False
     min_scaling: NonNegativeInt = 2
@@ -281,6 +283,9 @@ class Settings(BaseModel):
     only_host_ip: Flag = False
     host_ip: OptionalIp = None  # this host's public IP: required with ONLY_HOST_IP
     allow_open_proxy: Flag = False
+    # reconcile writes its Prometheus metrics here after every real run (None: no metrics);
+    # a relative path is relative to the working directory, as --metrics-file's is.
+    metrics_file: OptionalText = None
     providers: dict[str, dict[str, InstanceSettings]] = Field(default_factory=dict)
 
     def rolling_policy(self) -> RollingPolicy:
@@ -663,8 +668,8 @@ def _global_lookalike(var: str) -> str | None:
     names = [*(key.upper() for key in GLOBAL_SETTINGS), CONFIG_ENV_VAR]
     if var in names:
         return None
-    close = difflib.get_close_matches(var, names, n=1, cutoff=_CLOSE)
     if var.startswith(_ALWAYS_OURS):
+        close = difflib.get_close_matches(var, names, n=1, cutoff=_CLOSE)
         family = [n for n in names if n.startswith(var.split("_", 1)[0] + "_")]
         return _ignored(var, close[0] if close else None, ", ".join(family))
     # Beyond our own prefixes, only a near-exact name is taken as a typo of ours.

@@ -32,6 +32,7 @@ _SETTING_PREFIXES = (
     "STALE_AFTER",
     "ONLY_HOST_IP",
     "ALLOW_OPEN_PROXY",
+    "METRICS_FILE",
     "NO_COLOR",
     # The console honours COLUMNS: the terminal running the tests must not change the output.
     "COLUMNS",

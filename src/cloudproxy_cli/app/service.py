@@ -247,10 +247,10 @@ def run_reconcile(
             )
             for warning in plan.warnings:
                 log.warning("%s", warning)
-            for line in plan.log:
+            for line in plan.intents if dry_run else plan.log:
                 log.info("%s", line)
             if dry_run:
-                reports[runtime.key] = InstanceReport(runtime.key, plan=plan, log=plan.log)
+                reports[runtime.key] = InstanceReport(runtime.key, plan=plan, log=plan.intents)
                 continue
 
             previous = state.instance(key)

@@ -6,16 +6,18 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cloudproxy_cli.app.service import InstanceReport, RunReport
 from cloudproxy_cli.core.errors import UsageError
-from cloudproxy_cli.core.model import Proxy
-from cloudproxy_cli.core.outcomes import apply_outcomes
 from cloudproxy_cli.core.phase import aged_waiting, rollout_phase
-from cloudproxy_cli.core.plan import ActionOutcome, CreateAction, DeleteAction
 from cloudproxy_cli.core.policy import EffectiveRolling, InstancePolicy, RollingPolicy
 from cloudproxy_cli.core.state import InstanceSnapshot, State, encode_snapshot
+
+if TYPE_CHECKING:
+    # Only run reports need these (and the reconcile core behind them): `rolling status`,
+    # which starts often and fast, imports none of them.
+    from cloudproxy_cli.app.service import InstanceReport, RunReport
+    from cloudproxy_cli.core.plan import ActionOutcome, CreateAction, DeleteAction
 
 
 def iso(value: datetime | None) -> str | None:
@@ -190,6 +192,8 @@ def status_document(
 def _action_doc(
     action: CreateAction | DeleteAction, outcome: ActionOutcome | None
 ) -> dict[str, Any]:
+    from cloudproxy_cli.core.plan import DeleteAction
+
     status = "planned" if outcome is None else ("done" if outcome.ok else "failed")
     if isinstance(action, DeleteAction):
         doc: dict[str, Any] = {
@@ -216,6 +220,10 @@ def _action_doc(
 
 def counts_after(report: InstanceReport, policy: InstancePolicy, now: datetime) -> dict[str, int]:
     """The fleet after the run: from the snapshot, or (dry run) as if the plan had succeeded."""
+    from cloudproxy_cli.core.model import Proxy
+    from cloudproxy_cli.core.outcomes import apply_outcomes
+    from cloudproxy_cli.core.plan import ActionOutcome
+
     snap = report.snapshot
     if snap is None and report.plan is not None:
         plan = report.plan

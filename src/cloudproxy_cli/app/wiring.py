@@ -10,7 +10,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from cloudproxy_cli.app.service import InstanceRuntime
 from cloudproxy_cli.config import (
     AwsSettings,
     DigitalOceanSettings,
@@ -32,6 +31,7 @@ from cloudproxy_cli.core.state import RollingOverrides
 
 if TYPE_CHECKING:
     from cloudproxy_cli.adapters.state_file import StateFile
+    from cloudproxy_cli.app.service import InstanceRuntime
     from cloudproxy_cli.config import LoadedConfig, Settings
     from cloudproxy_cli.core.ports import Prober, Provider
 
@@ -169,6 +169,8 @@ def build_runtimes(
     provider: str | None = None,
     instance: str | None = None,
 ) -> list[InstanceRuntime]:
+    from cloudproxy_cli.app.service import InstanceRuntime  # the run's shell: not for status
+
     settings = loaded.settings
     rolling = effective_rolling(loaded, overrides).policy
     return [

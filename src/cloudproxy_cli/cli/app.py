@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Mapping
-from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -19,7 +19,7 @@ from typer.exceptions import TyperException
 from cloudproxy_cli.cli import render
 from cloudproxy_cli.cli.completion import completion
 from cloudproxy_cli.cli.config_cmd import config_app
-from cloudproxy_cli.cli.context import Options
+from cloudproxy_cli.cli.context import Options, error
 from cloudproxy_cli.cli.exit_codes import EXIT_CODES_HELP, ExitCode
 from cloudproxy_cli.cli.proxies import destroy, proxies_app
 from cloudproxy_cli.cli.reconcile import reconcile
@@ -63,6 +63,8 @@ app.command()(completion)
 
 def _print_version(value: bool) -> None:
     if value:
+        from importlib.metadata import version  # not at start-up: it scans installed packages
+
         typer.echo(f"cloudproxy {version('cloudproxy-cli')}")
         raise typer.Exit()
 
@@ -119,9 +121,7 @@ def root(
 # --- entry point -----------------------------------------------------------------------------
 
 
-def _error(message: str) -> None:
-    # One line, on stderr, whatever the error: no traceback for anything the user can fix.
-    sys.stderr.write(f"cloudproxy: error: {' '.join(message.split())}\n")
+_error = error
 
 
 # Most specific first: ProxyNotFoundError is a ProviderError, which is a plain failure.
@@ -136,6 +136,14 @@ _EXIT_CODES: tuple[tuple[type[CloudProxyError], ExitCode], ...] = (
 
 def _usage_error(exc: TyperException) -> int:
     """Typer's (vendored click's) usage errors: bad option, bad value."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        # A bare group (`cloudproxy rolling`): its help, on stdout, exit 0, as git and kubectl
+        # do. Typer's rich help printed itself while building this message (then empty).
+        # Matched by name, as Typer itself does: the class is not public API.
+        text = exc.format_message() if hasattr(exc, "format_message") else ""
+        if text.strip():
+            typer.echo(text)
+        return ExitCode.OK
     ctx = getattr(exc, "ctx", None)
     hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
@@ -206,6 +214,12 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None)
         # The reader (`| head`) has all it wanted: not an error.
         _discard_stdout()
         return ExitCode.OK
+    except SystemExit as exc:
+        # Rich and Typer handle a closed pipe themselves (help text into `| head`): exit 1.
+        if not _closed_pipe(exc):
+            raise
+        _discard_stdout()
+        return ExitCode.OK
     except Exception as exc:  # a bug: say so in one line; CLOUDPROXY_DEBUG=1 shows the traceback
         if env.get("CLOUDPROXY_DEBUG"):
             raise
@@ -239,6 +253,19 @@ def _leave_now(signum: int, frame: FrameType | None) -> None:
 def _disarm() -> None:
     if _interrupted.is_set():
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _closed_pipe(exc: SystemExit) -> bool:
+    """Whether ``exc`` is Rich's or Typer's exit on a closed pipe: raised while handling EPIPE.
+    Typer wraps the streams in click's ``PacifyFlushWrapper`` first: the real ones go back."""
+    cause = exc.__context__
+    if not (isinstance(cause, OSError) and cause.errno == errno.EPIPE):
+        return False
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if hasattr(stream, "wrapped"):
+            setattr(sys, name, stream.wrapped)
+    return True
 
 
 def _discard_stdout() -> None:

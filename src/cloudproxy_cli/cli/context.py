@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,3 +55,8 @@ def now() -> datetime:
 def warn(message: str | None) -> None:
     if message:
         log.warning("%s", message)
+
+
+def error(message: str) -> None:
+    """The one-line error every command reports on stderr (whatever the error: no traceback)."""
+    sys.stderr.write(f"cloudproxy: error: {' '.join(message.split())}\n")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloudproxy_cli.cli.context import options, warn
+from cloudproxy_cli.cli.context import error, now, options, warn
 from cloudproxy_cli.cli.results import ReconcileResult
 from cloudproxy_cli.core.errors import UsageError
 
@@ -41,6 +42,16 @@ def reconcile(
             "pending (like terraform plan).",
         ),
     ] = False,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            help="Write the run's Prometheus metrics here (node_exporter textfile format). "
+            "Default: $METRICS_FILE, else metrics_file in the config; none if unset. "
+            "Not written by --dry-run, nor when another run holds the lock.",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> ReconcileResult:
     """Run once: keep each provider instance at MIN_SCALING and recycle aged proxies.
 
@@ -76,7 +87,38 @@ def reconcile(
         if close is not None:
             close()
     policies = {str(r.key): r.policy for r in runtimes}
-    return ReconcileResult(report, policies, detailed_exitcode, as_json=as_json, quiet=opts.quiet)
+    configured = loaded.settings.metrics_file
+    result = ReconcileResult(
+        report,
+        policies,
+        detailed_exitcode,
+        as_json=as_json,
+        quiet=opts.quiet,
+        metrics_file=metrics_file or (Path(configured) if configured else None),
+    )
+    return result if dry_run else _write_metrics(result)
+
+
+def _write_metrics(result: ReconcileResult) -> ReconcileResult:
+    """After a real run, failed instances included: that is when metrics matter most. A file
+    that cannot be written is a one-line error and exit 1; the run's actions stand (saved)."""
+    from cloudproxy_cli.app.metrics import MetricsError, write_metrics
+
+    if result.metrics_file is None:
+        return result
+    try:
+        write_metrics(
+            result.metrics_file,
+            result.report,
+            result.policies,
+            now=now(),
+            stalled=result.stalled(),
+        )
+    except MetricsError as exc:
+        message = f"{exc} (the run itself completed: its actions were taken and saved)"
+        error(message)
+        return replace(result, metrics_error=message)
+    return result
 
 
 def _run(

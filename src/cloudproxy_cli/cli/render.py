@@ -19,12 +19,12 @@ from rich.text import Text
 from cloudproxy_cli.app.status import counts_after, iso
 from cloudproxy_cli.cli.exit_codes import ExitCode
 from cloudproxy_cli.core.model import InstanceKey, Proxy
-from cloudproxy_cli.core.plan import CreateAction, DeleteAction
 from cloudproxy_cli.core.state import InstanceSnapshot
 
 if TYPE_CHECKING:
     from cloudproxy_cli.app.service import RunReport
     from cloudproxy_cli.cli.results import CommandResult
+    from cloudproxy_cli.core.plan import CreateAction, DeleteAction
     from cloudproxy_cli.core.policy import EffectiveRolling, InstancePolicy
 
 
@@ -88,6 +88,8 @@ def print_json(doc: Any) -> None:
 
 
 def print_run(out: Console, report: RunReport, policies: dict[str, InstancePolicy]) -> None:
+    from cloudproxy_cli.core.plan import DeleteAction  # only runs: not for `rolling status`
+
     head = "Plan (dry run, nothing changed)" if report.dry_run else "Reconciled"
     out.print(f"{head} at {iso(report.started_at)}")
     for inst in report.instances:

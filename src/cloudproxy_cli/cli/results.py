@@ -6,10 +6,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cloudproxy_cli.app.status import run_document
 from cloudproxy_cli.cli import render
 from cloudproxy_cli.cli.exit_codes import ExitCode
-from cloudproxy_cli.core.phase import degraded_reasons
+from cloudproxy_cli.core.phase import degraded_reasons, rollout_stalled
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -49,11 +48,15 @@ class ReconcileResult(CommandResult):
     report: RunReport
     policies: dict[str, InstancePolicy]
     detailed_exitcode: bool = False  # exit 2 when a dry run plans changes (terraform plan's -d)
+    metrics_file: Path | None = None  # --metrics-file / METRICS_FILE
+    metrics_error: str | None = None  # the metrics file could not be written (already reported)
 
     @property
     def exit_code(self) -> ExitCode:
         # Precedence: failure (1) > partial (3) > degraded (6) > ok (0).
         instances = self.report.instances
+        if self.metrics_error is not None:
+            return ExitCode.FAILURE  # a local I/O failure after the run did its work
         if instances and all(i.error is not None for i in instances):
             return ExitCode.FAILURE  # no instance could even be listed
         if any(i.failed for i in instances):
@@ -72,6 +75,14 @@ class ReconcileResult(CommandResult):
             if i.error is None
         }
         return {key: reasons for key, reasons in found.items() if reasons}
+
+    def stalled(self) -> frozenset[str]:
+        """The instances whose rollout the run left stalled (by the last snapshot, as exit 6)."""
+        return frozenset(
+            str(i.key)
+            for i in self.report.instances
+            if rollout_stalled(i.snapshot, self.policies[str(i.key)])
+        )
 
     def summary(self) -> dict[str, int]:
         """Actions planned (dry run) or done, deferrals, and failures (actions and instances)."""
@@ -110,11 +121,20 @@ class ReconcileResult(CommandResult):
         line = (
             f"dry run: {s['create']} to create, {s['delete']} to delete, {s['deferred']} deferred"
         )
-        return [line + (f", {s['failed']} failed" if s["failed"] else "")]
+        notes = [line + (f", {s['failed']} failed" if s["failed"] else "")]
+        if self.metrics_file is not None:
+            notes.append(f"dry run: metrics file {self.metrics_file} not written")
+        return notes
 
     def document(self) -> Any:
+        from cloudproxy_cli.app.status import run_document
+
         doc = run_document(self.report, self.policies, int(self.exit_code), self.degraded())
+        stalled = self.stalled()
+        for key, inst in doc["instances"].items():
+            inst["stalled"] = key in stalled
         doc["summary"] = self.summary()
+        doc["metrics_error"] = self.metrics_error
         return doc
 
 

@@ -179,3 +179,43 @@ def credentials_rejected(count: int, key: InstanceKey) -> str:
         f"credentials rejected by every proxy: did PROXY_PASSWORD change? "
         f"({count} proxies of {key} answered 401/407)"
     )
+
+
+# -- a dry run's log: the same events, worded as intentions (nothing was done) --------------------
+
+
+def would_mark(name: str, key: InstanceKey, in_flight: int, batch_size: int) -> str:
+    return (
+        f"Rolling deployment: would mark {name} for recycling in {key}; "
+        f"would be recycling {in_flight}/{batch_size} proxies"
+    )
+
+
+def would_defer(key: InstanceKey, noun: str, name: str, reason: str) -> str:
+    return f"Rolling deployment: would defer recycling {key} {noun} -> {name} ({reason})"
+
+
+def would_complete(name: str, key: InstanceKey) -> str:
+    return f"Rolling deployment: would complete recycling {name} in {key}"
+
+
+def would_delete(name: str, key: InstanceKey, reason: str) -> str:
+    return f"would delete {name} in {key}: {reason}"
+
+
+def would_create(noun: str, key: InstanceKey, reason: str) -> str:
+    return f"would create a {noun} in {key}: {reason}"
+
+
+def would_not_recycle_batch(name: str, key: InstanceKey, in_flight: int, batch_size: int) -> str:
+    return (
+        f"Rolling deployment: would not recycle {name} for {key}: batch size reached "
+        f"({in_flight}/{batch_size} proxies recycling)"
+    )
+
+
+def would_not_recycle_minimum(name: str, key: InstanceKey, after: int, minimum: int) -> str:
+    return (
+        f"Rolling deployment: would not recycle {name} for {key}: it would reduce "
+        f"available proxies below minimum ({after} < {minimum})"
+    )

@@ -92,6 +92,14 @@ def advance_rollout(
     return current
 
 
+def rollout_stalled(snap: InstanceSnapshot | None, policy: InstancePolicy) -> bool:
+    """Whether the run that wrote ``snap`` left the instance's rollout stalled: the one test
+    behind exit 6's "rollout stalled", the JSON run report's ``stalled`` and the metrics."""
+    if snap is None:
+        return False
+    return is_stalled(snap.rollout, snap.last_update, policy.progress_deadline)
+
+
 def degraded_reasons(snap: InstanceSnapshot | None, policy: InstancePolicy) -> tuple[str, ...]:
     """Why a run left this instance degraded (exit code 6): a stalled rollout, or fewer
     healthy proxies than the effective minimum with too few booting to make up for them."""
@@ -99,7 +107,7 @@ def degraded_reasons(snap: InstanceSnapshot | None, policy: InstancePolicy) -> t
         return ()
     reasons: list[str] = []
     deadline = policy.progress_deadline
-    if deadline and snap.rollout and is_stalled(snap.rollout, snap.last_update, deadline):
+    if deadline and snap.rollout and rollout_stalled(snap, policy):
         quiet = int((snap.last_update - snap.rollout.progressed_at).total_seconds())
         reasons.append(
             f"rollout stalled: no recycle completed for {quiet} s "

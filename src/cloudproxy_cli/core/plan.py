@@ -48,6 +48,9 @@ class Plan:
     next_state: InstanceState
     warnings: tuple[str, ...] = ()
     log: tuple[str, ...] = ()  # the spec's "Rolling deployment: ..." lines, in order
+    # What a dry run logs instead: the same events as intentions ("would mark ..."), then one
+    # line per delete and create it would make. Real runs log ``log`` and their actions.
+    intents: tuple[str, ...] = ()
     effective_min_available: int = 0
     aged_ids: frozenset[str] = frozenset()
     pending_ids: frozenset[str] = frozenset()

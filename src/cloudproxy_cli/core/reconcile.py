@@ -63,6 +63,13 @@ class RunDecisions:
             self.caps.append(setting)
             self.warnings.append(warning)
 
+    intents: list[str] = field(default_factory=list)  # the log as a dry run words it
+
+    def note(self, line: str, intent: str) -> None:
+        """One event for the log: in the spec's words, and as a dry run words it."""
+        self.log.append(line)
+        self.intents.append(intent)
+
     def age(self, proxy: Proxy) -> timedelta:
         return self.now - proxy.created_at
 
@@ -72,11 +79,16 @@ class RunDecisions:
 
     def defer(self, proxy: Proxy, reason: str) -> None:
         self.deferrals.append(Deferral(proxy.id, proxy.address, reason))
-        self.log.append(messages.deferred(self.key, self.policy.resource_noun, proxy.label, reason))
+        noun = self.policy.resource_noun
+        self.note(
+            messages.deferred(self.key, noun, proxy.label, reason),
+            messages.would_defer(self.key, noun, proxy.label, reason),
+        )
 
     def complete(self, op: RecycleOperation) -> None:
         if op.old_id is not None:
-            self.log.append(messages.completed(op.old_address or op.old_id, self.key))
+            name = op.old_address or op.old_id
+            self.note(messages.completed(name, self.key), messages.would_complete(name, self.key))
 
 
 def reconcile(
@@ -110,12 +122,13 @@ def reconcile(
     ops = select_recycles(run, fleet, ops, retries)
     creates, ops = scale(run, fleet, ops)
     still_open = close_operations(run, fleet, ops, creates)
+    deletes = tuple(run.removed.values())
     return Plan(
         key=key,
         observed=fleet.proxies,
         healthy_ids=fleet.healthy,
         creates=creates,
-        deletes=tuple(run.removed.values()),
+        deletes=deletes,
         # A deferred proxy may still go this run as surplus; then it is not "deferred".
         deferrals=tuple(d for d in run.deferrals if d.proxy_id not in run.removed),
         next_state=InstanceState(
@@ -131,11 +144,24 @@ def reconcile(
         ),
         warnings=tuple(run.warnings),
         log=tuple(run.log),
+        intents=dry_run_log(run, deletes, creates),
         effective_min_available=policy.effective_min_available(),
         aged_ids=fleet.aged,
         pending_ids=fleet.pending,
         probe_failures=probe_failures(fleet),
         caps_reached=tuple(run.caps),
+    )
+
+
+def dry_run_log(
+    run: RunDecisions, deletes: Sequence[DeleteAction], creates: Sequence[CreateAction]
+) -> tuple[str, ...]:
+    """What a dry run logs: the run's events as intentions, then each action it would take."""
+    noun = run.policy.resource_noun
+    return (
+        *run.intents,
+        *(messages.would_delete(d.address or d.proxy_id, run.key, d.reason) for d in deletes),
+        *(messages.would_create(noun, run.key, c.reason) for c in creates),
     )
 
 
@@ -391,7 +417,10 @@ def _rolling_select(
                     old_created_at=p.created_at,
                 )
             )
-            run.log.append(messages.marked(p.label, run.key, len(ops), rolling.batch_size))
+            run.note(
+                messages.marked(p.label, run.key, len(ops), rolling.batch_size),
+                messages.would_mark(p.label, run.key, len(ops), rolling.batch_size),
+            )
     return ops
 
 
@@ -414,8 +443,9 @@ def _select_candidate(
     rolling = policy.rolling
     after = budget.available - 1
     if in_flight >= rolling.batch_size:
-        run.log.append(
-            messages.cannot_recycle_batch(p.label, run.key, in_flight, rolling.batch_size)
+        run.note(
+            messages.cannot_recycle_batch(p.label, run.key, in_flight, rolling.batch_size),
+            messages.would_not_recycle_batch(p.label, run.key, in_flight, rolling.batch_size),
         )
         run.defer(p, messages.batch_full(in_flight, rolling.batch_size))
         return False
@@ -436,7 +466,10 @@ def _select_candidate(
         run.remove(p, DeleteKind.RECYCLE, messages.aged_delete(after, budget.minimum))
         budget.available -= 1
         return True
-    run.log.append(messages.cannot_recycle_minimum(p.label, run.key, after, budget.minimum))
+    run.note(
+        messages.cannot_recycle_minimum(p.label, run.key, after, budget.minimum),
+        messages.would_not_recycle_minimum(p.label, run.key, after, budget.minimum),
+    )
     run.defer(p, messages.below_minimum(after, budget.minimum))
     return False
 
