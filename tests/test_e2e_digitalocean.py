@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from cloudproxy_cli.adapters.user_data import render_user_data
 from tests.standins.digitalocean import DigitalOceanStandIn
 from tests.support.cli import Cli
 from tests.support.local_proxies import proxy_processes, proxy_py_server
+from tests.support.ok_server import OkHandler
 
 pytestmark = pytest.mark.e2e
 
@@ -27,20 +28,6 @@ KEY = "digitalocean/default"
 USER, PASSWORD = "e2euser", "e2eSecret42"
 MAX_RUNS = 12  # the scenario needs 5; a loop that never converges must fail, not hang
 _BASIC_AUTH = re.compile(r"^BasicAuth (\S+) (\S+)$", re.MULTILINE)
-
-
-class Origin(BaseHTTPRequestHandler):
-    """HEALTH_CHECK_URL: a cloud provider needs one (the built-in origin is refused for it)."""
-
-    def do_GET(self) -> None:
-        body = b"ok\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
 
 
 class DropletProxies:
@@ -91,7 +78,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def origin() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OkHandler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
     thread.start()

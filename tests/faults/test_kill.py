@@ -20,9 +20,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -33,6 +32,7 @@ from tests.faults.reliability import Outcome, record
 from tests.faults.world import Cloud, World, fleet_policy
 from tests.standins.digitalocean import TOKENS, Answer, DigitalOceanStandIn, classify
 from tests.support.cli import Cli
+from tests.support.ok_server import OkHandler
 
 CREDS = {"PROXY_USERNAME": "killuser", "PROXY_PASSWORD": "kill-Secret-42"}
 
@@ -68,24 +68,10 @@ class KillingStandIn(DigitalOceanStandIn):
         self.killed.set()
 
 
-class _Ok(BaseHTTPRequestHandler):
-    """A proxy stub: every request through it succeeds."""
-
-    def do_GET(self) -> None:
-        body = b"ok\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
 @contextmanager
 def stub_proxy(ip: str, port: int) -> Iterator[None]:
     assert ip.startswith("127."), ip
-    server = ThreadingHTTPServer((ip, port), _Ok)
+    server = ThreadingHTTPServer((ip, port), OkHandler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
     thread.start()
     try:
