@@ -325,6 +325,9 @@ def test_overlapping_runs_second_exits_5_without_waiting_for_the_first(cli: Cli)
         # The first holds the lock until its probe times out: still running means the second
         # gave up at once instead of waiting for the lock.
         assert first.poll() is None
+        # Closing the hole resets the probe's connection: the first run ends now, not at its
+        # probe's timeout, and ends well.
+        hole.close()
         assert first.wait(timeout=30) == 0
     finally:
         hole.close()

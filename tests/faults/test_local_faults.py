@@ -83,11 +83,16 @@ class LocalHost:
         return found
 
     def boot(self) -> None:
-        """Wait (bounded) until every live proxy of the inventory accepts connections."""
-        live = _running_ids(self.directory)
-        ports = [e["port"] for e in self.entries().values() if e["pid"] in live]
+        """Wait (bounded) until every live proxy of the inventory accepts connections.
+
+        Liveness is looked at again on every poll: a process SIGKILLed just before may still be
+        listed at first, and waiting for its port would only run out the deadline."""
         deadline = time.monotonic() + BOOT_DEADLINE_S
-        while [p for p in ports if not _answers(p)] and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            live = _running_ids(self.directory)
+            entries = self.entries().values()
+            if all(_answers(e["port"]) for e in entries if e["pid"] in live):
+                return
             time.sleep(0.02)  # polling a condition, with a deadline
 
     def ours(self) -> set[str]:

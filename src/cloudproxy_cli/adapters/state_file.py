@@ -234,9 +234,12 @@ class StateFile:
             fd, tmp = tempfile.mkstemp(
                 prefix=f"{self._temp_prefix()}{os.getpid()}.", suffix=".tmp", dir=directory
             )
-            # Streamed, not built as one string first: a large state needs no second copy.
+            # One compact string: only json.dumps without indent uses the C encoder (json.dump
+            # and any indent run the pure-Python one, ~6x slower on a large state); the text is
+            # smaller than the document it is made from. `jq .` shows it indented.
+            text = json.dumps(document, separators=(",", ":"))
             with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(document, out, indent=2)
+                out.write(text)
                 out.write("\n")
                 out.flush()
                 os.fsync(out.fileno())

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.exceptions import TyperException
@@ -19,7 +20,7 @@ from typer.exceptions import TyperException
 from cloudproxy_cli.cli import render
 from cloudproxy_cli.cli.completion import completion
 from cloudproxy_cli.cli.config_cmd import config_app
-from cloudproxy_cli.cli.context import Options, error
+from cloudproxy_cli.cli.context import Options, error, path_option
 from cloudproxy_cli.cli.exit_codes import EXIT_CODES_HELP, ExitCode
 from cloudproxy_cli.cli.proxies import destroy, proxies_app
 from cloudproxy_cli.cli.reconcile import reconcile
@@ -78,7 +79,8 @@ def root(
             "--config",
             help="TOML config file. Default: $CLOUDPROXY_CONFIG, else ./cloudproxy.toml, "
             "else cloudproxy.toml in your user config directory.",
-            dir_okay=False,
+            parser=path_option,
+            metavar="PATH",
         ),
     ] = None,
     state_file: Annotated[
@@ -87,7 +89,8 @@ def root(
             "--state-file",
             help="State file. Default: $CLOUDPROXY_STATE_FILE, else state.json in your user "
             "state directory.",
-            dir_okay=False,
+            parser=path_option,
+            metavar="PATH",
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
@@ -180,9 +183,17 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     return front + rest
 
 
+@functools.cache
+def _command() -> Callable[..., Any]:
+    """The click command tree, built once per process: Typer rebuilds it (resolving every
+    command's signature) on each ``app()`` call, which in-process callers such as the test
+    suite would pay on every run."""
+    return typer.main.get_command(app)
+
+
 def _invoke(argv: list[str] | None, environ: Mapping[str, str]) -> int:
     args = hoist_global_options(sys.argv[1:] if argv is None else list(argv))
-    result = app(args=args, prog_name="cloudproxy", standalone_mode=False, obj=environ)
+    result = _command()(args=args, prog_name="cloudproxy", standalone_mode=False, obj=environ)
     if result == ExitCode.INTERRUPTED:
         raise KeyboardInterrupt  # Typer turns Ctrl-C into a silent Exit(130): say so
     if isinstance(result, CommandResult):

@@ -23,5 +23,5 @@ def completion(
     Examples: [bold]eval "$(cloudproxy completion bash)"[/bold] (in ~/.bashrc) ·
     [bold]cloudproxy completion fish > ~/.config/fish/completions/cloudproxy.fish[/bold]
     """
-    script = get_completion_script(prog_name=PROG, complete_var=COMPLETE_VAR, shell=str(shell))
+    script = get_completion_script(prog_name=PROG, complete_var=COMPLETE_VAR, shell=shell.value)
     return TextResult(script + "\n")

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("cloudproxy")
 
 
+def path_option(text: str) -> Path:
+    """Parser of the path options. Typer's own path type stats the path, and a NUL byte makes
+    ``os.stat`` raise ValueError (an internal error); here it is a usage error."""
+    if "\x00" in text:
+        raise typer.BadParameter("a path cannot contain a NUL byte")
+    return Path(text)
+
+
 @dataclass(frozen=True)
 class Options:
     """The root options, and the environment this invocation reads its settings from."""

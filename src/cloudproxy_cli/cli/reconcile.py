@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloudproxy_cli.cli.context import error, now, options, warn
+from cloudproxy_cli.cli.context import error, now, options, path_option, warn
 from cloudproxy_cli.cli.results import ReconcileResult
 from cloudproxy_cli.core.errors import UsageError
 
@@ -49,7 +49,8 @@ def reconcile(
             help="Write the run's Prometheus metrics here (node_exporter textfile format). "
             "Default: $METRICS_FILE, else metrics_file in the config; none if unset. "
             "Not written by --dry-run, nor when another run holds the lock.",
-            dir_okay=False,
+            parser=path_option,
+            metavar="PATH",
         ),
     ] = None,
 ) -> ReconcileResult:
