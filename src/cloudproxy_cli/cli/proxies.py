@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -88,6 +87,8 @@ def random_proxy(
         raise CloudProxyError(
             f"no healthy proxy (of {len(rows)} listed): run `cloudproxy reconcile`, then try again"
         )
+    import secrets  # here, not at every command's start-up
+
     return RandomProxyResult(secrets.choice(healthy), as_json=as_json)
 
 
