@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
-from pydantic import Field, SecretStr
 
 from cloudproxy_cli.config import (
     GLOBAL_SETTINGS,
@@ -17,8 +16,12 @@ from cloudproxy_cli.config import (
     AwsSettings,
     ConfigRow,
     InstanceSettings,
+    Kind,
     LoadedConfig,
     LocalSettings,
+    OptionalSecret,
+    OptionalText,
+    SecretStr,
     Settings,
     describe,
     enabled_instances,
@@ -346,9 +349,13 @@ def test_env_var_with_invalid_instance_name_is_ignored_with_warning() -> None:
 class _TokenSettings(InstanceSettings):
     """A throwaway provider with multi-word and secret settings, as adapters will add."""
 
-    token: str | None = None
-    access_token: SecretStr | None = None
-    pin: Annotated[SecretStr | None, Field(min_length=8)] = None
+    token: OptionalText = None
+    access_token: OptionalSecret = None
+    # A kind of its own: a secret of at least 8 characters (SecretStr refuses a non-string).
+    pin: Annotated[
+        SecretStr | None,
+        Kind("a PIN of 8 characters or more", SecretStr, optional=True, min_length=8),
+    ] = None
 
 
 TOKEN_REGISTRY: dict[str, type[InstanceSettings]] = {"x": _TokenSettings, **PROVIDER_SETTINGS}
