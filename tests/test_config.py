@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -641,3 +643,32 @@ def test_boto3s_own_default_region_is_not_read_as_our_default_instances_region()
     # The explicit default spelling still works for a setting boto3 does not own.
     loaded = load({"AWS_DEFAULT_MIN_SCALING": "4"})
     assert loaded.settings.providers["aws"]["default"].min_scaling == 4
+
+
+# --- start-up cost -------------------------------------------------------------------------
+
+
+def test_start_up_and_loading_a_config_import_no_pydantic(tmp_path: Path) -> None:
+    # Issue 8.9: pydantic cost about 0.1 s of every command's start (import, model building,
+    # plugin scan); the settings models are the standard library's now and must stay so.
+    path = write(tmp_path / "c.toml", "age_limit = 60\n[providers.local.default]\nenabled = true\n")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import cloudproxy_cli.cli.app\n"
+        "from cloudproxy_cli.config import describe, load_config\n"
+        f"loaded = load_config(Path({str(path)!r}), {{'PROXY_PASSWORD': 'pw', 'AGE_LIMIT': '5'}},"
+        f" user_config_dir=Path({str(tmp_path)!r}))\n"
+        "assert loaded.settings.age_limit == 5 and describe(loaded)\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0].startswith('pydantic')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
