@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pydantic import SecretStr
 
 from cloudproxy_cli.adapters.common import ProxySettings
 from cloudproxy_cli.adapters.digitalocean import DEFAULT_ENDPOINT
 from cloudproxy_cli.adapters.user_data import render_user_data
 from cloudproxy_cli.app import factories
-from cloudproxy_cli.config import DigitalOceanSettings
+from cloudproxy_cli.config import DigitalOceanSettings, SecretStr
 from cloudproxy_cli.core.errors import ProviderError
 from tests.standins.digitalocean import PROXY_PASSWORD, PROXY_PORT, DigitalOceanStandIn
 

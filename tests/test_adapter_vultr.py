@@ -12,11 +12,10 @@ from urllib.parse import parse_qs
 
 import pytest
 import requests
-from pydantic import SecretStr
 
 from cloudproxy_cli.adapters.user_data import render_user_data
 from cloudproxy_cli.app import factories
-from cloudproxy_cli.config import VultrSettings
+from cloudproxy_cli.config import SecretStr, VultrSettings
 from cloudproxy_cli.core.errors import FirewallMissingError, ProviderError, RateLimitedError
 from tests.standins.vultr import (
     PROXY_PASSWORD,

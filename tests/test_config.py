@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import pytest
-from pydantic import Field, SecretStr
 
 from cloudproxy_cli.config import (
     GLOBAL_SETTINGS,
@@ -17,8 +18,12 @@ from cloudproxy_cli.config import (
     AwsSettings,
     ConfigRow,
     InstanceSettings,
+    Kind,
     LoadedConfig,
     LocalSettings,
+    OptionalSecret,
+    OptionalText,
+    SecretStr,
     Settings,
     describe,
     enabled_instances,
@@ -346,9 +351,13 @@ def test_env_var_with_invalid_instance_name_is_ignored_with_warning() -> None:
 class _TokenSettings(InstanceSettings):
     """A throwaway provider with multi-word and secret settings, as adapters will add."""
 
-    token: str | None = None
-    access_token: SecretStr | None = None
-    pin: Annotated[SecretStr | None, Field(min_length=8)] = None
+    token: OptionalText = None
+    access_token: OptionalSecret = None
+    # A kind of its own: a secret of at least 8 characters (SecretStr refuses a non-string).
+    pin: Annotated[
+        SecretStr | None,
+        Kind("a PIN of 8 characters or more", SecretStr, optional=True, min_length=8),
+    ] = None
 
 
 TOKEN_REGISTRY: dict[str, type[InstanceSettings]] = {"x": _TokenSettings, **PROVIDER_SETTINGS}
@@ -634,3 +643,32 @@ def test_boto3s_own_default_region_is_not_read_as_our_default_instances_region()
     # The explicit default spelling still works for a setting boto3 does not own.
     loaded = load({"AWS_DEFAULT_MIN_SCALING": "4"})
     assert loaded.settings.providers["aws"]["default"].min_scaling == 4
+
+
+# --- start-up cost -------------------------------------------------------------------------
+
+
+def test_start_up_and_loading_a_config_import_no_pydantic(tmp_path: Path) -> None:
+    # Issue 8.9: pydantic cost about 0.1 s of every command's start (import, model building,
+    # plugin scan); the settings models are the standard library's now and must stay so.
+    path = write(tmp_path / "c.toml", "age_limit = 60\n[providers.local.default]\nenabled = true\n")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import cloudproxy_cli.cli.app\n"
+        "from cloudproxy_cli.config import describe, load_config\n"
+        f"loaded = load_config(Path({str(path)!r}), {{'PROXY_PASSWORD': 'pw', 'AGE_LIMIT': '5'}},"
+        f" user_config_dir=Path({str(tmp_path)!r}))\n"
+        "assert loaded.settings.age_limit == 5 and describe(loaded)\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0].startswith('pydantic')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

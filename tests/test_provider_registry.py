@@ -6,7 +6,6 @@ import ast
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 import cloudproxy_cli.adapters as adapters_package
 from cloudproxy_cli.adapters.digitalocean import DigitalOceanProvider
@@ -16,6 +15,7 @@ from cloudproxy_cli.config import (
     PROVIDER_SETTINGS,
     DigitalOceanSettings,
     LocalSettings,
+    SecretStr,
     Settings,
 )
 from cloudproxy_cli.core.errors import ConfigError

@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 import tomllib
 import typing
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import FrozenInstanceError, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self, dataclass_transform
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretBytes,
-    SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails, PydanticCustomError
 
 from cloudproxy_cli.core.errors import ConfigError, UsageError
 from cloudproxy_cli.core.policy import RollingPolicy, Strategy
@@ -46,18 +33,113 @@ _FLAG_FALSE = frozenset({"false", "0", "no"})
 _MAX_SHOWN_INPUT = 60
 
 
-# --- value types -------------------------------------------------------------------------
+# --- secrets -----------------------------------------------------------------------------
+
+
+class SecretStr:
+    """A string that stays out of messages, ``repr`` and ``str`` (shown as ``**********``).
+
+    Equal to (and hashed as) another ``SecretStr`` with the same value; ``get_secret_value()``
+    is the one way to read it.
+    """
+
+    __slots__ = ("_secret_value",)
+
+    def __init__(self, secret_value: str) -> None:
+        if not isinstance(secret_value, str):
+            raise TypeError("a SecretStr holds a str")
+        self._secret_value = secret_value
+
+    def get_secret_value(self) -> str:
+        return self._secret_value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretStr) and other._secret_value == self._secret_value
+
+    def __hash__(self) -> int:
+        return hash(self._secret_value)
+
+    def __len__(self) -> int:
+        return len(self._secret_value)
+
+    def __str__(self) -> str:
+        return "**********" if self._secret_value else ""
+
+    def __repr__(self) -> str:
+        return f"SecretStr({str(self)!r})"
+
+
+# --- value kinds -------------------------------------------------------------------------
+#
+# Every field of a settings model is declared as ``name: <kind> = default``, where the kind is
+# ``Annotated[<Python type>, Kind(...)]``: mypy sees the type, the model reads the ``Kind``.
+# Values arrive as env strings, TOML values or Python values. Each kind takes what the pydantic
+# models took before (its lax mode: "5" and " 5 " for 5, 5.0 for 5, "1.5" for 1.5; booleans
+# refused as numbers), except bytes and Decimal, which neither the environment nor TOML give.
+
+
+class _Rejected(TypeError):
+    """A value that is not of a field's kind: reported as "must be <expect>, got <shown>"."""
+
+    def __init__(self, shown: object) -> None:
+        super().__init__()
+        self.shown = shown
 
 
 @dataclass(frozen=True, slots=True)
-class _Expect:
-    """What a field accepts, in words: every failure of that field is reported as 'must be ...'."""
+class Kind:
+    """What one kind of field accepts, in words, and how a raw value becomes its value.
 
-    text: str
+    ``convert`` returns the value; it raises ``TypeError`` when the raw value is not of this
+    kind (reported as ``must be <expect>``, as is a value outside the limits below) or
+    ``ValueError`` whose text says exactly what is wrong.
+    """
+
+    expect: str  # "a non-negative integer": every failure but a ValueError is "must be ..."
+    convert: Callable[[Any], object]
+    optional: bool = False  # None and blank text ("FOO=", as docker-compose writes) mean unset
+    minimum: int | None = None  # numbers: at least
+    maximum: int | None = None  # numbers: at most
+    above: int | None = None  # numbers: more than
+    min_length: int = 0  # text and secrets: at least this many characters
+
+    def parse(self, value: object) -> object:
+        if self.optional and (value is None or (isinstance(value, str) and not value.strip())):
+            return None
+        try:
+            parsed = self.convert(value)
+        except _Rejected:
+            raise
+        except TypeError:
+            raise _Rejected(value) from None
+        if not self._within_limits(parsed):
+            raise _Rejected(value)
+        return parsed
+
+    def _within_limits(self, value: object) -> bool:
+        if isinstance(value, SecretStr | str):
+            return len(value) >= self.min_length
+        if not isinstance(value, int | float):
+            return True
+        return (
+            (self.minimum is None or value >= self.minimum)
+            and (self.maximum is None or value <= self.maximum)
+            and (self.above is None or value > self.above)
+        )
 
 
-def _parse_flag(value: object) -> bool:
-    # Pydantic's lax bool also takes "on", "t", "y", ...: a typo there would silently flip a
+# Unicode White_Space, as pydantic stripped it from numbers (str.strip() would also strip
+# \x1c-\x1f, which it did not).
+_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000" + "".join(
+    map(chr, range(0x2000, 0x200B))
+)
+# "5", "+5", "-0", "007", "1_000", "5.0": ASCII digits, underscores between them, ".0" allowed.
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9](?:_?[0-9])*(?:\.0+)?")
+_INT64 = 2**63  # an integral float beyond int64 is refused, as pydantic did
+
+
+def _flag(value: object) -> bool:
+    # Pydantic's lax bool also took "on", "t", "y", ...: a typo there would silently flip a
     # switch, so only the spellings the spec documents are accepted.
     if isinstance(value, bool):
         return value
@@ -67,115 +149,276 @@ def _parse_flag(value: object) -> bool:
             return True
         if word in _FLAG_FALSE:
             return False
-    raise ValueError("must be true or false (also accepted: yes/no, 1/0)")
+    raise _Rejected(value)
 
 
-def _reject_bool(value: object) -> object:
-    # Lax int/float validation turns TOML `true` into 1; a boolean is never a count or a duration.
+def _integer(value: object) -> int:
+    """An int, an integral float, or text such as ``" 5 "``; never a boolean (TOML ``true``)."""
     if isinstance(value, bool):
-        raise PydanticCustomError("bool_not_number", "a boolean is not a number")
-    return value
+        raise _Rejected(value)
+    if isinstance(value, int):
+        return int(value)  # an IntEnum member: its number
+    if isinstance(value, float) and value.is_integer() and abs(value) < _INT64:
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip(_WHITESPACE)
+        if _INTEGER_TEXT.fullmatch(text):
+            try:
+                return int(text.partition(".")[0])
+            except ValueError:  # over 4,300 digits (sys.get_int_max_str_digits)
+                pass
+    raise _Rejected(value)
 
 
-def _blank_to_none(value: object) -> object:
-    # `FOO=` (set but empty, as docker-compose and systemd often produce) means "not set".
-    if isinstance(value, str) and not value.strip():
-        return None
-    return value
+def _finite_number(value: object) -> float:
+    """A finite float from an int, a float or text (``"1.5"``, ``" 2 "``, ``"1e3"``)."""
+    try:
+        number = float(_number_or_text(value))
+    except (ValueError, OverflowError):  # not a number; an int beyond any float
+        number = math.nan
+    if not math.isfinite(number):  # inf and nan (also as text) are never a duration
+        raise _Rejected(value)
+    return number
 
 
-def _lower(value: object) -> object:
-    return value.strip().lower() if isinstance(value, str) else value
+def _number_or_text(value: object) -> float | str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip(_WHITESPACE)
+        # ASCII only: float() would also take other scripts' digits and \x1c-\x1f padding.
+        if text.isascii() and text == text.strip() and _underscores_allowed(text, value):
+            return text.replace("_", "")
+    raise _Rejected(value)
 
 
-def _http_url(value: str) -> str:
-    parts = urlsplit(value)
+def _underscores_allowed(text: str, value: str) -> bool:
+    # pydantic's rule for numbers with decimals: single underscores, none first or last, in
+    # text without padding ("1_000.5", "1.5_e3", not " 1_000.5 ").
+    return "_" not in text or (
+        text == value and not text.startswith("_") and not text.endswith("_") and "__" not in text
+    )
+
+
+def _string(value: object) -> str:
+    if isinstance(value, str):
+        return value if type(value) is str else str.__str__(value)  # a StrEnum member: its text
+    raise _Rejected(value)  # a TOML number is not a string
+
+
+def _secret(value: object) -> SecretStr:
+    return value if isinstance(value, SecretStr) else SecretStr(_string(value))
+
+
+def _strategy(value: object) -> Strategy:
+    if not isinstance(value, str):
+        raise _Rejected(value)
+    word = value.strip().lower()
+    try:
+        return Strategy(word)
+    except ValueError:
+        raise _Rejected(word) from None  # shown as compared: "got 'blue-green'"
+
+
+def _http_url(value: object) -> str:
+    url = _string(value)
+    parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL")
-    return value
+    return url
 
 
-Flag = Annotated[bool, BeforeValidator(_parse_flag)]
-NonNegativeInt = Annotated[
-    int, BeforeValidator(_reject_bool), Field(ge=0), _Expect("a non-negative integer")
-]
-PositiveInt = Annotated[
-    int, BeforeValidator(_reject_bool), Field(ge=1), _Expect("a positive integer")
-]
-Port = Annotated[
-    int,
-    BeforeValidator(_reject_bool),
-    Field(ge=1, le=65535),
-    _Expect("a port number from 1 to 65535"),
-]
-PositiveSeconds = Annotated[
-    float,
-    BeforeValidator(_reject_bool),
-    Field(gt=0, allow_inf_nan=False),
-    _Expect("a positive number of seconds"),
-]
-NonNegativeSeconds = Annotated[
-    float,
-    BeforeValidator(_reject_bool),
-    Field(ge=0, allow_inf_nan=False),
-    _Expect("a non-negative number of seconds"),
-]
-OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none), _Expect("a string")]
-Text = Annotated[str, Field(min_length=1), _Expect("a non-empty string")]
-OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_to_none), _Expect("a string")]
-OptionalHttpUrl = Annotated[
-    Annotated[str, AfterValidator(_http_url)] | None,
-    BeforeValidator(_blank_to_none),
-    _Expect("an http:// or https:// URL"),
-]
-
-
-def _ip_address(value: str) -> str:
-    address = ipaddress.ip_address(value.strip())
+def _ip_address(value: object) -> str:
+    address = ipaddress.ip_address(_string(value).strip())
     # ipaddress takes any text after '%' as an IPv6 zone; a zone means nothing to a firewall.
     if getattr(address, "scope_id", None):
         raise ValueError("must be a plain IP address (no %zone)")
     return str(address)
 
 
-OptionalIp = Annotated[
-    Annotated[str, AfterValidator(_ip_address)] | None,
-    BeforeValidator(_blank_to_none),
-    _Expect("an IP address"),
+Flag = Annotated[bool, Kind("true or false (also accepted: yes/no, 1/0)", _flag)]
+NonNegativeInt = Annotated[int, Kind("a non-negative integer", _integer, minimum=0)]
+OptionalNonNegativeInt = Annotated[
+    int | None, Kind("a non-negative integer", _integer, optional=True, minimum=0)
 ]
+PositiveInt = Annotated[int, Kind("a positive integer", _integer, minimum=1)]
+Port = Annotated[int, Kind("a port number from 1 to 65535", _integer, minimum=1, maximum=65535)]
+WholeSeconds = Annotated[int, Kind("a positive whole number of seconds", _integer, minimum=1)]
+PositiveSeconds = Annotated[float, Kind("a positive number of seconds", _finite_number, above=0)]
+NonNegativeSeconds = Annotated[
+    float, Kind("a non-negative number of seconds", _finite_number, minimum=0)
+]
+Text = Annotated[str, Kind("a non-empty string", _string, min_length=1)]
+OptionalText = Annotated[str | None, Kind("a string", _string, optional=True)]
+OptionalSecret = Annotated[SecretStr | None, Kind("a string", _secret, optional=True)]
+OptionalHttpUrl = Annotated[
+    str | None, Kind("an http:// or https:// URL", _http_url, optional=True)
+]
+OptionalIp = Annotated[str | None, Kind("an IP address", _ip_address, optional=True)]
 StrategyName = Annotated[
-    Strategy,
-    BeforeValidator(_lower),
-    _Expect("one of: " + ", ".join(s.value for s in Strategy)),
+    Strategy, Kind("one of: " + ", ".join(s.value for s in Strategy), _strategy)
 ]
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FieldInfo:
+    """One field of a settings model, as ``Model.model_fields`` lists it."""
+
+    annotation: object  # the Python type, e.g. ``SecretStr | None``
+    default: object
+    kind: Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why one field's value was refused. ``got`` is the input as shown, ``None`` for a secret."""
+
+    name: str  # the field's
+    reason: str
+    got: str | None
+
+    def __str__(self) -> str:
+        return self.reason if self.got is None else f"{self.reason}, got {self.got}"
+
+
+class SettingsError(ValueError):
+    """Values a settings model refused; the message never shows a secret."""
+
+    def __init__(self, model: str, problems: list[Problem]) -> None:
+        super().__init__(f"{model}: " + "; ".join(f"{p.name}: {p}" for p in problems))
+        self.problems = tuple(problems)
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True)
+class _Model:
+    """A frozen settings model: built from keyword arguments (or ``model_validate(mapping)``),
+    every value checked by its field's ``Kind``, defaults included; unknown names are refused.
+    Equal and hashed by value; ``repr`` and ``str`` mask secrets."""
+
+    model_fields: ClassVar[dict[str, FieldInfo]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.model_fields = _fields_of(cls)
+
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(self._validated(values))
+
+    @classmethod
+    def model_validate(cls, data: Mapping[str, object]) -> Self:
+        return cls(**data)
+
+    def model_copy(self, *, update: Mapping[str, object] | None = None) -> Self:
+        """A copy with some values replaced, NOT checked (as pydantic's ``model_copy``)."""
+        unknown = sorted(set(update or {}) - set(self.model_fields))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {', '.join(unknown)}")
+        copied = object.__new__(type(self))
+        copied.__dict__.update(self.__dict__, **(update or {}))
+        return copied
+
+    @classmethod
+    def _validated(cls, values: Mapping[str, object]) -> dict[str, object]:
+        fields = cls.model_fields
+        parsed: dict[str, object] = {}
+        problems: list[Problem] = []
+        for name, info in fields.items():
+            raw = values.get(name, info.default)
+            try:
+                parsed[name] = info.kind.parse(raw)
+            except _Rejected as exc:
+                problems.append(_problem(name, info, f"must be {info.kind.expect}", exc.shown))
+            except ValueError as exc:  # the kind's own words
+                problems.append(_problem(name, info, _one_line(str(exc)), raw))
+        for name, reason in cls._check_together(parsed):
+            problems.append(
+                _problem(name, fields[name], reason, values.get(name, fields[name].default))
+            )
+        order = {name: position for position, name in enumerate(fields)}
+        problems.sort(key=lambda p: order[p.name])  # in field order, as pydantic had them
+        problems += [
+            Problem(name, "extra inputs are not permitted", _shown(values[name]))
+            for name in values
+            if name not in fields
+        ]
+        if problems:
+            raise SettingsError(cls.__name__, problems)
+        return parsed
+
+    @classmethod
+    def _check_together(cls, parsed: Mapping[str, object]) -> Iterator[tuple[str, str]]:
+        """Problems of valid values taken together, as ``(field, reason)``; none here."""
+        return iter(())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Model):
+            return NotImplemented
+        return type(other) is type(self) and other.__dict__ == self.__dict__
+
+    def __hash__(self) -> int:
+        return hash((type(self), *self.__dict__.values()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._fields_text(', ')})"
+
+    def __str__(self) -> str:
+        return self._fields_text(" ")
+
+    def _fields_text(self, separator: str) -> str:
+        return separator.join(f"{name}={value!r}" for name, value in self.__dict__.items())
+
+
+def _fields_of(cls: type[_Model]) -> dict[str, FieldInfo]:
+    """``name -> FieldInfo`` from the class's annotations, base classes' fields first."""
+    fields = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        if typing.get_origin(hint) is ClassVar:
+            continue
+        kinds = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Kind)]
+        if not kinds or not hasattr(cls, name):
+            raise TypeError(
+                f"{cls.__name__}.{name}: declare a setting as `{name}: <kind> = <default>`"
+                " with a kind such as Text or OptionalSecret (config.py lists them)"
+            )
+        fields[name] = FieldInfo(typing.get_args(hint)[0], getattr(cls, name), kinds[-1])
+    return fields
+
+
+def _problem(name: str, info: FieldInfo, reason: str, value: object) -> Problem:
+    return Problem(name, reason, None if is_secret(info) else _shown(value))
 
 
 # --- provider instances ------------------------------------------------------------------
 
 
-class InstanceSettings(BaseModel):
-    """Settings of one provider instance. Adapters subclass it to add their own fields.
+class InstanceSettings(_Model):
+    """Settings of one provider instance. Adapters subclass it to add their own fields, each
+    declared as ``name: <kind> = default`` with a kind from the table above.
 
     Every field is settable as ``{PROVIDER}[_{INSTANCE}]_{FIELD}`` in the environment and as
     ``[providers.<provider>.<instance>] <field> = ...`` in TOML; secrets must be ``SecretStr``.
     """
 
-    # defer_build: a provider's validators are built when one of its instances is configured,
-    # not at every start-up for all six providers (about half the cost of importing config).
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
     enabled: Flag = False
     min_scaling: NonNegativeInt = 2
-    max_scaling: Annotated[NonNegativeInt | None, BeforeValidator(_blank_to_none)] = None
+    max_scaling: OptionalNonNegativeInt = None
     api_endpoint: OptionalText = None
 
-    @field_validator("max_scaling")
     @classmethod
-    def _cap_not_below_minimum(cls, value: int | None, info: ValidationInfo) -> int | None:
-        minimum = info.data.get("min_scaling")  # absent when min_scaling itself was invalid
-        if value is not None and isinstance(minimum, int) and value < minimum:
-            raise ValueError(f"must be >= min_scaling ({minimum})")
-        return value
+    def _check_together(cls, parsed: Mapping[str, object]) -> Iterator[tuple[str, str]]:
+        cap, minimum = parsed.get("max_scaling"), parsed.get("min_scaling")
+        # min_scaling is absent when it was itself invalid
+        if isinstance(cap, int) and isinstance(minimum, int) and cap < minimum:
+            yield "max_scaling", f"must be >= min_scaling ({minimum})"
 
 
 class LocalSettings(InstanceSettings):
@@ -250,20 +493,38 @@ PROVIDER_SETTINGS: dict[str, type[InstanceSettings]] = {
 # --- global settings ---------------------------------------------------------------------
 
 
-WholeSeconds = Annotated[
-    int, BeforeValidator(_reject_bool), Field(gt=0), _Expect("a positive whole number of seconds")
+def _providers(value: object) -> dict[str, dict[str, InstanceSettings]]:
+    """``{provider: {instance: settings}}``; a plain table becomes ``InstanceSettings``."""
+    if not isinstance(value, Mapping):
+        raise _Rejected(value)
+    providers: dict[str, dict[str, InstanceSettings]] = {}
+    for provider, instances in value.items():
+        if not isinstance(provider, str) or not isinstance(instances, Mapping):
+            raise _Rejected(value)
+        providers[provider] = {}
+        for name, inst in instances.items():
+            if not isinstance(name, str) or not isinstance(inst, InstanceSettings | Mapping):
+                raise _Rejected(value)
+            providers[provider][name] = (
+                inst
+                if isinstance(inst, InstanceSettings)
+                else InstanceSettings.model_validate(inst)
+            )
+    return providers
+
+
+Providers = Annotated[
+    dict[str, dict[str, InstanceSettings]],
+    Kind("a table of [providers.<provider>.<instance>] tables", _providers),
 ]
 
 
-class Settings(BaseModel):
+class Settings(_Model):
     """Every setting of one run. Build it with ``load_config``; ``Settings()`` is all defaults."""
 
-    # A plain model, not pydantic-settings: load_config reads the sources itself (the
-    # environment must be the mapping the caller passed, provider env names need longest-suffix
-    # matching over open-ended instance names, every value keeps its origin), and importing
-    # pydantic-settings (with asyncio and dotenv) cost about 0.1 s of every command's start.
-    # validate_default as BaseSettings had it: the defaults go through the same validators.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # Not read from the environment by itself: load_config reads the sources (the environment
+    # must be the mapping the caller passed, provider env names need longest-suffix matching
+    # over open-ended instance names, every value keeps its origin).
 
     age_limit: NonNegativeInt = 0
     rolling_deployment: Flag = False
@@ -271,7 +532,7 @@ class Settings(BaseModel):
     rolling_batch_size: PositiveInt = 2
     rolling_strategy: StrategyName = Strategy.REPLACE
     # Creates one run may make per instance; None: ROLLING_BATCH_SIZE + the MIN_SCALING deficit.
-    max_creates_per_run: Annotated[NonNegativeInt | None, BeforeValidator(_blank_to_none)] = None
+    max_creates_per_run: OptionalNonNegativeInt = None
     proxy_username: OptionalText = None
     proxy_password: OptionalSecret = None
     proxy_port: Port = 8899
@@ -286,7 +547,7 @@ class Settings(BaseModel):
     # reconcile writes its Prometheus metrics here after every real run (None: no metrics);
     # a relative path is relative to the working directory, as --metrics-file's is.
     metrics_file: OptionalText = None
-    providers: dict[str, dict[str, InstanceSettings]] = Field(default_factory=dict)
+    providers: Providers = {}  # noqa: RUF012 (never shared: each instance gets its own copy)
 
     def rolling_policy(self) -> RollingPolicy:
         return RollingPolicy(
@@ -417,12 +678,12 @@ def load_config(
         prefix = f"providers.{provider}.{name}."
         try:
             instances.setdefault(provider, {})[name] = model.model_validate(values)
-        except ValidationError as exc:
-            raw.errors.extend(_explain(exc, model, prefix, raw.origins))
+        except SettingsError as exc:
+            raw.errors.extend(_explain(exc, prefix, raw.origins))
     try:
         settings = Settings(**raw.global_values, providers=instances)
-    except ValidationError as exc:
-        raw.errors.extend(_explain(exc, Settings, "", raw.origins))
+    except SettingsError as exc:
+        raw.errors.extend(_explain(exc, "", raw.origins))
     if raw.errors:
         raise ConfigError("; ".join(raw.errors))
 
@@ -472,10 +733,9 @@ def env_name(provider: str, instance: str, setting: str) -> str:
 
 
 def is_secret(info: FieldInfo) -> bool:
-    """Whether a field holds a secret, judged by its type (``SecretStr``/``SecretBytes``)."""
+    """Whether a field holds a secret, judged by its type (``SecretStr``)."""
     return any(
-        isinstance(t, type) and issubclass(t, (SecretStr, SecretBytes))
-        for t in _walk_annotation(info.annotation)
+        isinstance(t, type) and issubclass(t, SecretStr) for t in _walk_annotation(info.annotation)
     )
 
 
@@ -722,29 +982,14 @@ def _closest_setting(provider: str, rest: str, fields: list[str]) -> str | None:
 # --- errors and display ------------------------------------------------------------------
 
 
-def _explain(
-    exc: ValidationError, model: type[BaseModel], prefix: str, origins: Mapping[str, _Origin]
-) -> list[str]:
+def _explain(exc: SettingsError, prefix: str, origins: Mapping[str, _Origin]) -> list[str]:
+    """Each problem as ``<setting as the user named it>: <reason>[, got <input>]``."""
     messages = []
-    for err in exc.errors(include_url=False):
-        key = str(err["loc"][0]) if err["loc"] else ""
-        info = model.model_fields.get(key)
-        origin = origins.get(prefix + key)
-        label = origin.label if origin is not None else prefix + key
-        message = f"{label}: {_reason(err, info)}"
-        if info is None or not is_secret(info):
-            message += f", got {_shown(err['input'])}"
-        messages.append(message)
+    for problem in exc.problems:
+        origin = origins.get(prefix + problem.name)
+        label = origin.label if origin is not None else prefix + problem.name
+        messages.append(f"{label}: {problem}")
     return messages
-
-
-def _reason(err: ErrorDetails, info: FieldInfo | None) -> str:
-    if err["type"] == "value_error":  # our own validators say exactly what is wrong
-        return _one_line(err["msg"].removeprefix("Value error, "))
-    expect = next((m for m in _markers(info) if isinstance(m, _Expect)), None) if info else None
-    if expect is not None:
-        return f"must be {expect.text}"
-    return _one_line(err["msg"][:1].lower() + err["msg"][1:])
 
 
 def _shown(value: object) -> str:
@@ -754,12 +999,6 @@ def _shown(value: object) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _markers(info: FieldInfo) -> Iterator[object]:
-    yield from info.metadata
-    for hint in _walk_annotation(info.annotation):
-        yield from getattr(hint, "__metadata__", ())
 
 
 def _walk_annotation(hint: object) -> Iterator[object]:
@@ -789,7 +1028,7 @@ def _row(name: str, value: object, info: FieldInfo, sources: Mapping[str, str]) 
 def _render(value: object, *, secret: bool) -> str:
     if value is None:
         return UNSET
-    if secret or isinstance(value, SecretStr | SecretBytes):
+    if secret or isinstance(value, SecretStr):
         return MASKED
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
 
 from cloudproxy_cli.config import (
     _INSTANCE_NAME,
     GLOBAL_SETTINGS,
     PROVIDER_SETTINGS,
     LoadedConfig,
+    SecretStr,
     Settings,
     is_secret,
     load_config,

@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from pydantic import SecretStr
-
 from cloudproxy_cli.adapters.common import ProxySettings
 from cloudproxy_cli.adapters.digitalocean import DigitalOceanProvider
 from cloudproxy_cli.app import factories
-from cloudproxy_cli.config import DigitalOceanSettings
+from cloudproxy_cli.config import DigitalOceanSettings, SecretStr
 from tests.standins.base import Kind
 from tests.standins.http import (
     Failure,

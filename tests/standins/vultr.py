@@ -17,12 +17,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
-from pydantic import SecretStr
 
 from cloudproxy_cli.adapters.common import ProxySettings
 from cloudproxy_cli.adapters.vultr import VultrProvider
 from cloudproxy_cli.app import factories
-from cloudproxy_cli.config import VultrSettings
+from cloudproxy_cli.config import SecretStr, VultrSettings
 from tests.standins.base import Kind
 from tests.standins.http import (
     Failure,
