@@ -85,6 +85,11 @@ def main() -> int:
         }
         # The local provider only: no cloud settings, no config file from the caller.
         env |= {"LOCAL_ENABLED": "True", "HOME": tmp, "XDG_CONFIG_HOME": tmp}
+        # Bytecode for every module, as `pip install` leaves it: with PYTHONDONTWRITEBYTECODE
+        # (set on some machines) an editable checkout would compile its sources on every run.
+        # The warm-up run below writes it here, for both commands alike.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
         status = [exe, "--state-file", str(state_file), "rolling", "status"]
         commands = {
             "status": status,

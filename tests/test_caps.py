@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cloudproxy_cli.cli.exit_codes import ExitCode
-from cloudproxy_cli.cli.results import ReconcileResult
+from cloudproxy_cli.cli.results.reconcile import ReconcileResult
 from cloudproxy_cli.core.errors import ProviderError
 from cloudproxy_cli.core.model import Proxy
 from cloudproxy_cli.core.plan import Plan

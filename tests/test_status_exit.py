@@ -8,7 +8,7 @@ from datetime import timedelta
 from cloudproxy_cli.app.service import InstanceRuntime, RunReport, run_reconcile
 from cloudproxy_cli.app.status import StatusView, status_document
 from cloudproxy_cli.cli.exit_codes import EXIT_CODES_HELP, ExitCode
-from cloudproxy_cli.cli.results import ReconcileResult
+from cloudproxy_cli.cli.results.reconcile import ReconcileResult
 from cloudproxy_cli.core.model import InstanceKey
 from cloudproxy_cli.core.policy import EffectiveRolling
 from tests.support.fakes import FakeProvider

@@ -1,12 +1,8 @@
 """Settings from the environment and a TOML file, validated, each value traceable to its source."""
 
-from __future__ import annotations
-
 import difflib
-import ipaddress
 import math
 import re
-import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import FrozenInstanceError, dataclass, field
@@ -229,6 +225,8 @@ def _http_url(value: object) -> str:
 
 
 def _ip_address(value: object) -> str:
+    import ipaddress  # here: only HOST_IP needs it, not every start-up
+
     address = ipaddress.ip_address(_string(value).strip())
     # ipaddress takes any text after '%' as an IPv6 zone; a zone means nothing to a firewall.
     if getattr(address, "scope_id", None):
@@ -751,6 +749,8 @@ def _must_exist(path: Path, how: str) -> Path:
 
 
 def _parse_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # here: only a run with a config file parses TOML
+
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)

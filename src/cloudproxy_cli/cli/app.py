@@ -1,9 +1,8 @@
 """The `cloudproxy` command: the root Typer app, its global options, and errors → exit codes."""
 
-from __future__ import annotations
-
 import errno
 import functools
+import importlib
 import logging
 import os
 import signal
@@ -18,14 +17,9 @@ import typer
 from typer.exceptions import TyperException
 
 from cloudproxy_cli.cli import render
-from cloudproxy_cli.cli.completion import completion
-from cloudproxy_cli.cli.config_cmd import config_app
 from cloudproxy_cli.cli.context import Options, error, path_option
 from cloudproxy_cli.cli.exit_codes import EXIT_CODES_HELP, ExitCode
-from cloudproxy_cli.cli.proxies import destroy, proxies_app
-from cloudproxy_cli.cli.reconcile import reconcile
 from cloudproxy_cli.cli.results import CommandResult
-from cloudproxy_cli.cli.rolling import rolling_app
 from cloudproxy_cli.core.errors import (
     CloudProxyError,
     ConfigError,
@@ -34,32 +28,52 @@ from cloudproxy_cli.core.errors import (
     UsageError,
 )
 
-app = typer.Typer(
-    name="cloudproxy",
-    help=(
+_APP_SETTINGS: dict[str, Any] = {
+    "name": "cloudproxy",
+    "help": (
         "Keep a pool of HTTP proxies on cloud VMs (or on this machine with the local provider) "
         "and recycle them by age without the pool dropping below a safe minimum.\n\n"
         "Run [bold]cloudproxy reconcile[/bold] from cron every minute; read "
         "[bold]cloudproxy rolling status[/bold]; change knobs with "
         "[bold]cloudproxy rolling set[/bold].\n\n" + EXIT_CODES_HELP
     ),
-    epilog=(
+    "epilog": (
         "Example: cloudproxy --config cloudproxy.toml.example reconcile\n\n"
         "The global options (--config, --state-file, -q, -v) may also follow the command: "
         "cloudproxy rolling status --config cloudproxy.toml. "
         "Shell completion: cloudproxy completion bash|zsh|fish|powershell."
     ),
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.command()(reconcile)
-app.add_typer(rolling_app, name="rolling")
-app.command()(destroy)
-app.add_typer(proxies_app, name="proxies")
-app.add_typer(config_app, name="config")
-app.command()(completion)
+    "add_completion": True,
+    "pretty_exceptions_enable": False,
+    "rich_markup_mode": "rich",
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+}
+# The commands, in --help order: name -> (module, attribute, a group of commands?). A run that
+# names its command builds (and imports) that one only: Typer resolves every command's
+# signature when it builds a tree, and the command modules import their own results.
+COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "reconcile": ("cloudproxy_cli.cli.reconcile", "reconcile", False),
+    "rolling": ("cloudproxy_cli.cli.rolling", "rolling_app", True),
+    "destroy": ("cloudproxy_cli.cli.proxies", "destroy", False),
+    "proxies": ("cloudproxy_cli.cli.proxies", "proxies_app", True),
+    "config": ("cloudproxy_cli.cli.config_cmd", "config_app", True),
+    "completion": ("cloudproxy_cli.cli.completion", "completion", False),
+}
+
+
+def make_app(only: str | None = None) -> typer.Typer:
+    """The root app with every command, or with ``only`` that one (same options, same help)."""
+    new = typer.Typer(**_APP_SETTINGS)
+    new.callback(invoke_without_command=True)(root)
+    for name, (module, attribute, group) in COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        target = getattr(importlib.import_module(module), attribute)
+        if group:
+            new.add_typer(target, name=name)
+        else:
+            new.command(name)(target)
+    return new
 
 
 def _print_version(value: bool) -> None:
@@ -70,7 +84,6 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback(invoke_without_command=True)
 def root(
     ctx: typer.Context,
     config: Annotated[
@@ -183,17 +196,32 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     return front + rest
 
 
+def requested_command(args: list[str]) -> str | None:
+    """The command ``args`` name after the global options, if it is one of ``COMMANDS``;
+    ``None`` for anything else (``--help``, ``-qv``, a typo, nothing): the whole tree then."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _GLOBAL_FLAGS or (arg.split("=", 1)[0] in _GLOBAL_VALUED and "=" in arg):
+            i += 1
+        elif arg in _GLOBAL_VALUED:
+            i += 2
+        else:
+            return arg if arg in COMMANDS else None
+    return None
+
+
 @functools.cache
-def _command() -> Callable[..., Any]:
-    """The click command tree, built once per process: Typer rebuilds it (resolving every
-    command's signature) on each ``app()`` call, which in-process callers such as the test
-    suite would pay on every run."""
-    return typer.main.get_command(app)
+def _command(only: str | None) -> Callable[..., Any]:
+    """A click command tree, built once per process and command: Typer would rebuild it on
+    every ``app()`` call, which in-process callers such as the test suite would pay per run."""
+    return typer.main.get_command(make_app(only))
 
 
 def _invoke(argv: list[str] | None, environ: Mapping[str, str]) -> int:
     args = hoist_global_options(sys.argv[1:] if argv is None else list(argv))
-    result = _command()(args=args, prog_name="cloudproxy", standalone_mode=False, obj=environ)
+    command = _command(requested_command(args))
+    result = command(args=args, prog_name="cloudproxy", standalone_mode=False, obj=environ)
     if result == ExitCode.INTERRUPTED:
         raise KeyboardInterrupt  # Typer turns Ctrl-C into a silent Exit(130): say so
     if isinstance(result, CommandResult):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cloudproxy_cli.cli.context import options, warn
-from cloudproxy_cli.cli.results import ConfigResult, SettingRow
+from cloudproxy_cli.cli.results.config import ConfigResult, SettingRow
 
 if TYPE_CHECKING:
     from cloudproxy_cli.config import LoadedConfig

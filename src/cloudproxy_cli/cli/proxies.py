@@ -9,7 +9,7 @@ import typer
 
 from cloudproxy_cli.cli import render
 from cloudproxy_cli.cli.context import now, options, warn
-from cloudproxy_cli.cli.results import DestroyResult, ProxiesResult, RandomProxyResult
+from cloudproxy_cli.cli.results.proxies import DestroyResult, ProxiesResult, RandomProxyResult
 from cloudproxy_cli.core.errors import CloudProxyError, ProviderError, UsageError
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cloudproxy_cli.cli.context import error, now, options, path_option, warn
-from cloudproxy_cli.cli.results import ReconcileResult
+from cloudproxy_cli.cli.results.reconcile import ReconcileResult
 from cloudproxy_cli.core.errors import UsageError
 
 if TYPE_CHECKING:

@@ -3,8 +3,6 @@
 Reads and writes only the state file: nothing here imports a cloud SDK or adapter.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -13,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cloudproxy_cli.cli.context import Options, now, options, warn
-from cloudproxy_cli.cli.results import RollingConfigResult, StatusResult
+from cloudproxy_cli.cli.results.rolling import RollingConfigResult, StatusResult
 from cloudproxy_cli.core.errors import UsageError
 from cloudproxy_cli.core.policy import RollingPolicy, Strategy
 from cloudproxy_cli.core.state import RollingOverrides, State
@@ -182,7 +180,7 @@ def _update(
     return RollingConfigResult(rolling, warnings, as_json=as_json)
 
 
-def _clamped(loaded: LoadedConfig, policy: RollingPolicy) -> list[str]:
+def _clamped(loaded: "LoadedConfig", policy: RollingPolicy) -> list[str]:
     """Where the minimum in force is lowered: not below MIN_SCALING, or nothing could recycle."""
     from cloudproxy_cli.core.policy import InstancePolicy
 
