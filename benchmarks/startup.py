@@ -69,7 +69,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=15, help="runs of each command (interleaved)")
+    parser.add_argument("--runs", type=int, default=30, help="runs of each command (interleaved)")
     parser.add_argument("--max-ratio", type=float, default=1.5, help="fail above this ratio")
     args = parser.parse_args()
 
@@ -105,14 +105,19 @@ def main() -> int:
 
     wall = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
+    best = {k: min(w for w, _ in v) for k, v in runs.items()}
     for name, label in LABELS.items():
         print(
-            f"{label:26} median wall {wall[name] * 1000:4.0f} ms, "
+            f"{label:26} median wall {wall[name] * 1000:4.0f} ms (best {best[name] * 1000:4.0f}), "
             f"cpu {cpu[name] * 1000:4.0f} ms over {args.runs} runs"
         )
     ratio = wall["status"] / wall["baseline"]
     cpu_ratio = cpu["status"] / cpu["baseline"]
-    print(f"ratio (wall): {ratio:.2f} (max {args.max_ratio}); cpu: {cpu_ratio:.2f}")
+    best_ratio = best["status"] / best["baseline"]
+    print(
+        f"ratio (median wall): {ratio:.2f} (max {args.max_ratio}); "
+        f"best wall: {best_ratio:.2f}; median cpu: {cpu_ratio:.2f}"
+    )
     return 0 if ratio <= args.max_ratio else 1
 
 

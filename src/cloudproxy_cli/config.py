@@ -5,9 +5,9 @@ import math
 import re
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import FrozenInstanceError, dataclass, field
+from dataclasses import FrozenInstanceError
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Self, dataclass_transform
+from typing import Annotated, Any, ClassVar, NamedTuple, Self, dataclass_transform
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -82,8 +82,10 @@ class _Rejected(TypeError):
         self.shown = shown
 
 
-@dataclass(frozen=True, slots=True)
-class Kind:
+# The records of this module are NamedTuples, not frozen dataclasses: a dataclass costs about
+# 1 ms of every command's start-up to create (its methods are compiled then), a NamedTuple a
+# fifth of that (issue 8.9, benchmarks/startup.py).
+class Kind(NamedTuple):
     """What one kind of field accepts, in words, and how a raw value becomes its value.
 
     ``convert`` returns the value; it raises ``TypeError`` when the raw value is not of this
@@ -261,8 +263,7 @@ StrategyName = Annotated[
 # --- models ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class FieldInfo:
+class FieldInfo(NamedTuple):
     """One field of a settings model, as ``Model.model_fields`` lists it."""
 
     annotation: object  # the Python type, e.g. ``SecretStr | None``
@@ -270,8 +271,7 @@ class FieldInfo:
     kind: Kind
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(NamedTuple):
     """Why one field's value was refused. ``got`` is the input as shown, ``None`` for a secret."""
 
     name: str  # the field's
@@ -580,8 +580,7 @@ GLOBAL_SETTINGS: tuple[str, ...] = tuple(n for n in Settings.model_fields if n !
 # --- results -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class LoadedConfig:
+class LoadedConfig(NamedTuple):
     """Validated settings, the file they came from, and each setting's source.
 
     ``sources`` maps a display key (``age_limit``, ``providers.local.default.min_scaling``) to
@@ -595,8 +594,7 @@ class LoadedConfig:
     warnings: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigRow:
+class ConfigRow(NamedTuple):
     """One line of ``cloudproxy config show``. Secrets are already masked in ``value``."""
 
     name: str
@@ -604,21 +602,22 @@ class ConfigRow:
     source: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Origin:
+class _Origin(NamedTuple):
     source: str  # for LoadedConfig.sources: "env AGE_LIMIT" / "file /abs/cloudproxy.toml"
     label: str  # how the user named it, for errors: "AGE_LIMIT" / "/abs/cloudproxy.toml: age_limit"
 
 
-@dataclass(slots=True)
 class _Raw:
     """Unvalidated values merged from the sources, lowest priority first."""
 
-    global_values: dict[str, Any] = field(default_factory=dict)
-    instances: dict[tuple[str, str], dict[str, object]] = field(default_factory=dict)
-    origins: dict[str, _Origin] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    __slots__ = ("errors", "global_values", "instances", "origins", "warnings")
+
+    def __init__(self) -> None:
+        self.global_values: dict[str, Any] = {}
+        self.instances: dict[tuple[str, str], dict[str, object]] = {}
+        self.origins: dict[str, _Origin] = {}
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
 
 
 # --- public functions --------------------------------------------------------------------

@@ -11,9 +11,9 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import platformdirs
 
@@ -48,8 +48,7 @@ def _resolve(cli_value: Path | None, environ: Mapping[str, str]) -> tuple[Path, 
     return default_state_path(), "default"
 
 
-@dataclass(frozen=True, slots=True)
-class LoadResult:
+class LoadResult(NamedTuple):
     """What ``StateFile.load`` found. ``corrupt`` is true when the file could not be decoded:
     ``state`` is then a fresh ``State()``, the file is left in place and ``warning`` says so
     (``recover()``, under the lock, moves it aside)."""
@@ -59,8 +58,7 @@ class LoadResult:
     corrupt: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class _Read:
+class _Read(NamedTuple):
     state: State
     corrupt_reason: str | None = None
 

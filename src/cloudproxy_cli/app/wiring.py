@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cloudproxy_cli.config import (
     AwsSettings,
@@ -36,8 +35,7 @@ if TYPE_CHECKING:
     from cloudproxy_cli.core.ports import Prober, Provider
 
 
-@dataclass(frozen=True, slots=True)
-class ProviderSpec:
+class ProviderSpec(NamedTuple):
     """One provider: its settings model, what its log lines call a proxy, and its factory.
 
     ``factory`` is ``"module:function"``, imported only when an instance is built: its module

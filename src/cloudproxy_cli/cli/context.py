@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import typer
 
@@ -27,8 +26,7 @@ def path_option(text: str) -> Path:
     return Path(text)
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     """The root options, and the environment this invocation reads its settings from."""
 
     config: Path | None

@@ -39,9 +39,10 @@ def console() -> Console:
     # a terminal). Text meant to be copied whole (URLs) is printed with soft_wrap itself.
     tty = sys.stdout.isatty()
     width = _columns()
+    # emoji=False: ":name:" in a value stays as it is (and Rich's emoji table is not loaded).
     return Console(
-        file=sys.stdout, highlight=False, markup=False, soft_wrap=not tty and width is None,
-        width=width or (None if tty else 200),
+        file=sys.stdout, highlight=False, markup=False, emoji=False,
+        soft_wrap=not tty and width is None, width=width or (None if tty else 200),
     )  # fmt: skip
 
 

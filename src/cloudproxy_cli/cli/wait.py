@@ -101,7 +101,7 @@ def wait_for_rollout(
     tick = threading.Event()  # never set: its wait() is an interruptible poll interval
     out = render.console()
     if as_json:  # stdout is for the document
-        out = Console(file=sys.stderr, highlight=False, markup=False, soft_wrap=True)
+        out = Console(file=sys.stderr, highlight=False, markup=False, emoji=False, soft_wrap=True)
     # On a terminal the status is redrawn in place (and cleared at the end).
     live = Live(console=out, transient=True, auto_refresh=False) if out.is_terminal else None
     lines = _Lines(out)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
 from cloudproxy_cli.core.policy import InstancePolicy, RollingPolicy, Strategy
 from cloudproxy_cli.core.state import InstanceSnapshot, InstanceState, Rollout
@@ -18,8 +19,7 @@ class Phase(StrEnum):
     STALLED = "stalled"  # no recycle completed within ROLLING_PROGRESS_DEADLINE
 
 
-@dataclass(frozen=True, slots=True)
-class PhaseView:
+class PhaseView(NamedTuple):
     """An instance's phase, its one-line text (``rolling 2 of 5``) and why it waits."""
 
     phase: Phase
