@@ -155,3 +155,25 @@ def test_a_reader_that_stops_early_gets_a_quiet_exit_0(cli: Cli, argv: list[str]
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 0, err
     assert err == ""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", "{dir}", "rolling", "status"],
+        ["--state-file", "{dir}", "rolling", "status"],
+        ["reconcile", "--dry-run", "--metrics-file", "{dir}"],
+    ],
+)
+@pytest.mark.parametrize("bad", ["directory", "nul"])
+def test_a_file_option_refuses_a_directory_or_a_nul_byte_before_anything_runs(
+    cli: Cli, tmp_path: Path, argv: list[str], bad: str
+) -> None:
+    value = str(tmp_path) if bad == "directory" else "state\x00.json"
+    result = cli.run(*[value if a == "{dir}" else a for a in argv])
+    assert result.returncode == 2, result
+    message = one_line_error(result)
+    option = next(a for a in argv if a.startswith("--") and a != "--dry-run")
+    assert option in message
+    assert ("is a directory" if bad == "directory" else "NUL byte") in message
+    assert result.stdout == ""

@@ -19,11 +19,15 @@ log = logging.getLogger("cloudproxy")
 
 
 def path_option(text: str) -> Path:
-    """Parser of the path options. Typer's own path type stats the path, and a NUL byte makes
-    ``os.stat`` raise ValueError (an internal error); here it is a usage error."""
+    """Parser of the file options (--config, --state-file, --metrics-file): a directory or a
+    NUL byte is a usage error before anything runs. (Typer's own path type stats the path
+    without catching the ValueError that a NUL byte raises: an internal error.)"""
     if "\x00" in text:
         raise typer.BadParameter("a path cannot contain a NUL byte")
-    return Path(text)
+    path = Path(text)
+    if path.is_dir():
+        raise typer.BadParameter(f"{text} is a directory, not a file")
+    return path
 
 
 class Options(NamedTuple):
