@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cloudproxy_cli.cli.app import run
-from tests.support.cli import COMMAND, Cli, one_line_error
+from tests.support.cli import COMMAND, Cli, one_line_error, run_python
 
 CREDS = {"PROXY_USERNAME": "tester", "PROXY_PASSWORD": "s3cret-Pa55"}
 LOCAL = {"LOCAL_ENABLED": "True", "LOCAL_MIN_SCALING": "1", **CREDS}
@@ -83,15 +83,7 @@ def test_status_set_and_help_import_no_cloud_sdk(cli: Cli, argv: list[str]) -> N
         "print('IMPORTED', bad, rc, file=sys.stderr)\n"
         "sys.exit(3 if bad else rc)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**cli.env, **LOCAL},
-        cwd=cli.root / "work",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(code, cwd=cli.root / "work", env={**cli.env, **LOCAL})
     assert result.returncode == 0, result.stderr
     assert "IMPORTED [] 0" in result.stderr
 
@@ -452,11 +444,7 @@ def test_a_digitalocean_only_reconcile_imports_no_other_sdk(cli: Cli, tmp_path: 
         "HEALTH_CHECK_URL": "http://127.0.0.1:9/",
     }
     try:
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            env=env, cwd=cli.root / "work", capture_output=True, text=True, timeout=60,
-            check=False,
-        )  # fmt: skip
+        result = run_python(code, cwd=cli.root / "work", env=env)
     finally:
         standin.close()
     assert "IMPORTED [] True 0" in result.stderr, result.stderr

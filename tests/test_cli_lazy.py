@@ -4,14 +4,12 @@ anything else still gets the whole command tree, so help and "did you mean" are 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cloudproxy_cli.cli.app import COMMANDS, requested_command
-from tests.support.cli import Cli
+from tests.support.cli import Cli, run_python
 
 
 @pytest.mark.parametrize(
@@ -43,14 +41,7 @@ def test_rolling_status_imports_no_other_command(tmp_path: Path) -> None:
         "loaded = sorted(m for m in sys.modules if m.startswith('cloudproxy_cli.cli.'))\n"
         "print(json.dumps({'code': code, 'loaded': loaded}), file=sys.stderr)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(code, cwd=tmp_path)
     report = json.loads(done.stderr.strip().splitlines()[-1])
     assert report["code"] == 0, done.stderr
     others = {module for name, (module, _, _) in COMMANDS.items() if name != "rolling"}

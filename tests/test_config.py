@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +32,7 @@ from cloudproxy_cli.config import (
 )
 from cloudproxy_cli.core.errors import ConfigError, UsageError
 from cloudproxy_cli.core.policy import RollingPolicy, Strategy
+from tests.support.cli import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "cloudproxy.toml.example"
@@ -662,13 +661,6 @@ def test_start_up_and_loading_a_config_import_no_pydantic(tmp_path: Path) -> Non
         "assert loaded.settings.age_limit == 5 and describe(loaded)\n"
         "print(sorted(m for m in sys.modules if m.partition('.')[0].startswith('pydantic')))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(code, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support import loopback_guard
+from tests.support.cli import run_python
 from tests.support.loopback_guard import NonLoopbackTrafficError
 
 # TEST-NET-1 (RFC 5737) and a private address: never reached, the recorders below prove it.
@@ -102,14 +101,7 @@ def test_python_subprocesses_get_the_guard_too(tmp_path: Path) -> None:
         """
     )
     env = {**os.environ, loopback_guard.VIOLATIONS_DIR_ENV: str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-c", child],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(child, env=env)
     assert done.returncode == 0, done.stderr
     assert "refused a connection to '192.0.2.1'" in done.stdout
     [record] = tmp_path.glob("*.txt")  # the refusal is recorded for the session check

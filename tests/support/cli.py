@@ -159,6 +159,22 @@ class Cli:
         return entry
 
 
+def run_python(
+    code: str, *, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE`` in a fresh interpreter of this venv, bounded, output captured, never
+    raising on a non-zero exit: what a command imports is only visible in a new process."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def one_line_error(result: Outcome) -> str:
     """Asserts the failure was reported as exactly one line on stderr, no traceback."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
