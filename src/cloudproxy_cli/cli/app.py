@@ -172,6 +172,13 @@ _GLOBAL_FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose"})
 _GLOBAL_VALUED = frozenset({"--config", "--state-file"})
 
 
+def _global_option_words(arg: str) -> int:
+    """How many words the global option starting at ``arg`` takes; 0 if ``arg`` is not one."""
+    if arg in _GLOBAL_FLAGS or (arg.split("=", 1)[0] in _GLOBAL_VALUED and "=" in arg):
+        return 1
+    return 2 if arg in _GLOBAL_VALUED else 0
+
+
 def hoist_global_options(argv: list[str]) -> list[str]:
     """``rolling status --config X -q`` -> ``--config X -q rolling status`` (Typer accepts
     the root's options only before the command). Nothing after ``--`` moves."""
@@ -183,16 +190,15 @@ def hoist_global_options(argv: list[str]) -> list[str]:
         if arg == "--":
             rest += argv[i:]
             break
-        if arg in _GLOBAL_FLAGS or (arg.split("=", 1)[0] in _GLOBAL_VALUED and "=" in arg):
-            front.append(arg)
-        elif arg in _GLOBAL_VALUED:
-            if i + 1 == len(argv):
-                raise UsageError(f"option {arg} requires an argument")
-            front += argv[i : i + 2]
-            i += 1
-        else:
+        words = _global_option_words(arg)
+        if words == 0:
             rest.append(arg)
-        i += 1
+            i += 1
+            continue
+        if i + words > len(argv):
+            raise UsageError(f"option {arg} requires an argument")
+        front += argv[i : i + words]
+        i += words
     return front + rest
 
 
@@ -200,15 +206,9 @@ def requested_command(args: list[str]) -> str | None:
     """The command ``args`` name after the global options, if it is one of ``COMMANDS``;
     ``None`` for anything else (``--help``, ``-qv``, a typo, nothing): the whole tree then."""
     i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg in _GLOBAL_FLAGS or (arg.split("=", 1)[0] in _GLOBAL_VALUED and "=" in arg):
-            i += 1
-        elif arg in _GLOBAL_VALUED:
-            i += 2
-        else:
-            return arg if arg in COMMANDS else None
-    return None
+    while i < len(args) and (words := _global_option_words(args[i])):
+        i += words
+    return args[i] if i < len(args) and args[i] in COMMANDS else None
 
 
 @functools.cache
