@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -172,7 +171,7 @@ def test_unset_cap_never_holds_back_what_the_rules_ask_for() -> None:
     # Rolling off: every aged proxy goes and is replaced in the same run.
     pol = capped_policy(strategy=Strategy.REPLACE, min_scaling=6, batch=1, extra=None,
                         max_creates=None)  # fmt: skip
-    h = Harness(replace(pol, rolling=policy(enabled=False).rolling))
+    h = Harness(pol._replace(rolling=policy(enabled=False).rolling))
     for i in range(6):
         h.provider.add(f"old-{i}", age_s=2 * AGE_LIMIT_S)
     plan = h.run().instances[0].plan

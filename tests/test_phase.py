@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -42,7 +41,7 @@ def adopted(n: int) -> RecycleOperation:
 
 def snap(**kw: object) -> InstanceSnapshot:
     base = InstanceSnapshot(last_update=T0, healthy_ips=IPS, effective_min_available=3)
-    return replace(base, **kw)  # type: ignore[arg-type]
+    return base._replace(**kw)  # type: ignore[arg-type]
 
 
 def phase_of(
@@ -86,7 +85,7 @@ def test_blocked_by_min_available_when_no_recycle_can_start() -> None:
     assert view.phase == Phase.BLOCKED_MIN and view.text == "blocked: min available"
     assert view.reasons == (f"{IPS[0]}: would leave 2 healthy, below the minimum of 3",)
     # Surge creates first: the minimum does not hold it back.
-    surge = replace(ROLLING, strategy=Strategy.SURGE)
+    surge = ROLLING._replace(strategy=Strategy.SURGE)
     assert phase_of(s, InstanceState(), surge).phase == Phase.ROLLING
 
 
@@ -103,7 +102,7 @@ def test_stalled_when_no_recycle_completed_within_the_deadline() -> None:
     assert view.phase == Phase.STALLED
     assert view.text == "stalled: no recycle completed for 2000 s"
     # Progress 10 minutes ago resets the clock.
-    fresh = replace(state, rollout=Rollout(started, T0 - timedelta(seconds=600), 1))
+    fresh = state._replace(rollout=Rollout(started, T0 - timedelta(seconds=600), 1))
     assert phase_of(snap(aged_ips=IPS[1:2]), fresh).phase == Phase.ROLLING
 
 
@@ -169,10 +168,10 @@ def test_degraded_when_healthy_and_booting_proxies_are_below_the_effective_minim
 
 
 def test_degraded_when_the_rollout_stalled() -> None:
-    p = replace(policy(min_scaling=5), progress_deadline=timedelta(seconds=300))
+    p = policy(min_scaling=5)._replace(progress_deadline=timedelta(seconds=300))
     rollout = Rollout(started_at=T0 - timedelta(seconds=301))
     assert degraded_reasons(snap(rollout=rollout), p) == (
         "rollout stalled: no recycle completed for 301 s (ROLLING_PROGRESS_DEADLINE 300 s)",
     )
-    assert degraded_reasons(snap(rollout=replace(rollout, started_at=T0)), p) == ()
+    assert degraded_reasons(snap(rollout=rollout._replace(started_at=T0)), p) == ()
     assert degraded_reasons(None, p) == ()

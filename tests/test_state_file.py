@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -378,7 +377,7 @@ def test_saving_through_a_symlink_replaces_its_target_and_keeps_the_link(path: P
 def test_update_applies_and_saves(path: Path) -> None:
     sf = StateFile(path)
     sf.save(rich_state())
-    new = sf.update(lambda s: replace(s, overrides=RollingOverrides(batch_size=7)))
+    new = sf.update(lambda s: s._replace(overrides=RollingOverrides(batch_size=7)))
     assert new.overrides.batch_size == 7
     assert sf.load().state == new
     assert temp_files(path.parent) == []
@@ -423,7 +422,7 @@ def test_update_recovers_a_corrupt_file_and_reports_it(path: Path) -> None:
 
     def fn(state: State) -> State:
         seen.append(state)
-        return replace(state, overrides=RollingOverrides(enabled=False))
+        return state._replace(overrides=RollingOverrides(enabled=False))
 
     new = StateFile(path).update(fn, on_warning=warnings.append)
     assert seen == [State()]

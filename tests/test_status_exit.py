@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 
 from cloudproxy_cli.app.service import InstanceRuntime, RunReport, run_reconcile
@@ -19,10 +18,8 @@ DEADLINE_S = 300
 
 def stalling_harness() -> Harness:
     """Three aged proxies, batch 1; replacements that take an hour to boot never complete."""
-    p = replace(
-        policy(min_scaling=3, min_available=2, batch_size=1, pending_timeout_s=7200),
-        progress_deadline=timedelta(seconds=DEADLINE_S),
-    )
+    p = policy(min_scaling=3, min_available=2, batch_size=1, pending_timeout_s=7200)
+    p = p._replace(progress_deadline=timedelta(seconds=DEADLINE_S))
     h = Harness(p)
     h.cloud.boot_seconds = 3600
     for n in range(3):

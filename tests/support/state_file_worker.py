@@ -11,7 +11,6 @@ Usage:
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -48,7 +47,7 @@ def churn(path: Path, records: int) -> None:
     while True:
         generation += 1
         with state_file.lock():
-            state_file.save(replace(base, overrides=RollingOverrides(batch_size=generation)))
+            state_file.save(base._replace(overrides=RollingOverrides(batch_size=generation)))
         print(f"saved {generation}", flush=True)
 
 

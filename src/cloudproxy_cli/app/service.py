@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cloudproxy_cli.core.caps import create_refused
@@ -110,7 +110,7 @@ class _FirewallStep:
         self.checked_at = None
 
     def into(self, state: InstanceState) -> InstanceState:
-        return replace(state, firewall_id=self.firewall_id, firewall_checked_at=self.checked_at)
+        return state._replace(firewall_id=self.firewall_id, firewall_checked_at=self.checked_at)
 
 
 def _execute(
@@ -189,8 +189,8 @@ def _note_errors(
     errors += [firewall_error] if firewall_error else []
     if not errors or final.snapshot is None:
         return final
-    snapshot = replace(final.snapshot, last_error=errors[-1], last_error_at=now)
-    return replace(final, snapshot=snapshot)
+    snapshot = final.snapshot._replace(last_error=errors[-1], last_error_at=now)
+    return final._replace(snapshot=snapshot)
 
 
 def run_reconcile(
@@ -225,7 +225,7 @@ def run_reconcile(
                 key = str(runtime.key)
                 previous = state.instance(key)
                 snap = failed_snapshot(previous.snapshot, str(exc), now=started_at)
-                state = state.with_instance(key, replace(previous, snapshot=snap))
+                state = state.with_instance(key, previous._replace(snapshot=snap))
                 reports[runtime.key] = InstanceReport(runtime.key, error=str(exc), snapshot=snap)
 
         # One concurrent probe of every proxy of every instance: about one timeout in all.

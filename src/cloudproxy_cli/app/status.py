@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cloudproxy_cli.core.errors import UsageError
 from cloudproxy_cli.core.phase import aged_waiting, rollout_phase
 from cloudproxy_cli.core.policy import EffectiveRolling, InstancePolicy, RollingPolicy
-from cloudproxy_cli.core.state import InstanceSnapshot, State, encode_snapshot
+from cloudproxy_cli.core.state import EMPTY, InstanceSnapshot, State, encode_snapshot
 
 if TYPE_CHECKING:
     # Only run reports need these (and the reconcile core behind them): `rolling status`,
@@ -24,15 +23,14 @@ def iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
-class StatusView:
+class StatusView(NamedTuple):
     """What status documents are computed against: the clock, and the settings in force."""
 
     now: datetime
     rolling: RollingPolicy
     stale_after: timedelta = timedelta(seconds=300)
     progress_deadline: timedelta | None = timedelta(seconds=1800)
-    min_scaling: Mapping[str, int] = field(default_factory=dict)  # by instance key, from config
+    min_scaling: Mapping[str, int] = EMPTY  # by instance key, from config
 
     def effective_min(self, key: str, snap: InstanceSnapshot | None) -> int:
         """The effective minimum under the knobs in force now (they may have changed since)."""

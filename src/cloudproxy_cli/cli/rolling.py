@@ -4,7 +4,6 @@ Reads and writes only the state file: nothing here imports a cloud SDK or adapte
 """
 
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -145,7 +144,7 @@ def rolling_set(
         )
     return _update(
         options(ctx),
-        lambda s: replace(s, overrides=replace(s.overrides, **changes)),
+        lambda s: s._replace(overrides=s.overrides._replace(**changes)),
         as_json=as_json,
         check_clamp=min_available is not None,
     )
@@ -161,7 +160,7 @@ def rolling_reset(
     Example: [bold]cloudproxy rolling reset[/bold]
     """
     return _update(
-        options(ctx), lambda s: replace(s, overrides=RollingOverrides()), as_json=as_json
+        options(ctx), lambda s: s._replace(overrides=RollingOverrides()), as_json=as_json
     )
 
 

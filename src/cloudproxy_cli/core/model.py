@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceKey:
+class InstanceKey(NamedTuple):
     """One provider instance, e.g. ``digitalocean/default``. Instances never see each other."""
 
     provider: str
@@ -23,8 +22,7 @@ class InstanceKey:
         return cls(provider, instance or "default")
 
 
-@dataclass(frozen=True, slots=True)
-class Proxy:
+class Proxy(NamedTuple):
     """A proxy VM (or local process) that this instance created, as its provider lists it.
 
     ``ip`` is ``None`` until the VM has a real public address. ``port`` is ``None`` when the
@@ -50,8 +48,7 @@ class Proxy:
         return self.address or self.id
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeTarget:
+class ProbeTarget(NamedTuple):
     """Where to send one health probe."""
 
     proxy_id: str
@@ -70,8 +67,7 @@ class ProbeKind(StrEnum):
     ERROR = "error"  # reset, TLS, DNS, not HTTP, ...
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
+class ProbeResult(NamedTuple):
     """The outcome of one health probe. ``detail`` says why it failed (or ``ok``).
 
     ``kind`` is ``None`` when the prober did not classify the failure: then it is ``error``.

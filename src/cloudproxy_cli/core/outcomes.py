@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from datetime import datetime
 
 from cloudproxy_cli.core import messages
@@ -63,7 +62,7 @@ def apply_outcomes(
     snapshot = plan.next_state.snapshot
     if update_snapshot:
         snapshot = build_snapshot(plan, state, created, deleted, now=now, policy=policy)
-    return replace(state, snapshot=snapshot), tuple(log)
+    return state._replace(snapshot=snapshot), tuple(log)
 
 
 def _fold_create(
@@ -77,7 +76,7 @@ def _fold_create(
     records[proxy.id] = ProxyRecord(proxy.id, first_seen_at=now)
     if action.for_operation in ops:
         op = ops[action.for_operation]
-        ops[op.op_id] = replace(op, replacement_id=proxy.id)
+        ops[op.op_id] = op._replace(replacement_id=proxy.id)
 
 
 def _fold_delete(
@@ -89,9 +88,9 @@ def _fold_delete(
     records.pop(action.proxy_id, None)
     for op_id, op in list(ops.items()):
         if op.old_id == action.proxy_id:
-            op = replace(op, old_deleted=True)
+            op = op._replace(old_deleted=True)
         if op.replacement_id == action.proxy_id:
-            op = replace(op, replacement_id=None)
+            op = op._replace(replacement_id=None)
         ops[op_id] = op
     if action.closes_operation in ops:
         return ops.pop(action.closes_operation)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple
@@ -88,7 +87,7 @@ def advance_rollout(
         return None
     current = rollout or Rollout(started_at=now)
     if completed:
-        current = replace(current, last_progress_at=now, completed=current.completed + completed)
+        current = current._replace(last_progress_at=now, completed=current.completed + completed)
     return current
 
 

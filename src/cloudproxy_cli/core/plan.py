@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from cloudproxy_cli.core.model import InstanceKey, Proxy
 from cloudproxy_cli.core.state import Deferral, InstanceState, ProbeFailure
@@ -19,14 +19,12 @@ class DeleteKind(StrEnum):
     MANUAL = "manual"  # cloudproxy destroy
 
 
-@dataclass(frozen=True, slots=True)
-class CreateAction:
+class CreateAction(NamedTuple):
     reason: str
     for_operation: str | None = None  # the recycle operation this proxy replaces, if any
 
 
-@dataclass(frozen=True, slots=True)
-class DeleteAction:
+class DeleteAction(NamedTuple):
     proxy_id: str
     address: str | None
     kind: DeleteKind
@@ -34,8 +32,7 @@ class DeleteAction:
     closes_operation: str | None = None  # the operation that closes once this delete succeeds
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(NamedTuple):
     """What one run decided for one instance. ``next_state`` assumes every action succeeds
     only where that is safe; ``apply_outcomes`` folds the real outcomes in."""
 
@@ -63,8 +60,7 @@ class Plan:
         return not self.creates and not self.deletes
 
 
-@dataclass(frozen=True, slots=True)
-class ActionOutcome:
+class ActionOutcome(NamedTuple):
     """What happened when the shell executed one action."""
 
     action: CreateAction | DeleteAction
@@ -73,6 +69,5 @@ class ActionOutcome:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Outcomes:
-    items: tuple[ActionOutcome, ...] = field(default_factory=tuple)
+class Outcomes(NamedTuple):
+    items: tuple[ActionOutcome, ...] = ()

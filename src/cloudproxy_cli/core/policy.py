@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     # state.py imports Strategy from here; the overrides are only a parameter type.
@@ -20,16 +19,14 @@ class Strategy(StrEnum):
     SURGE = "surge"  # create first; delete the old proxy once its replacement is healthy
 
 
-@dataclass(frozen=True, slots=True)
-class RollingPolicy:
+class RollingPolicy(NamedTuple):
     enabled: bool = False
     min_available: int = 3
     batch_size: int = 2
     strategy: Strategy = Strategy.REPLACE
 
 
-@dataclass(frozen=True, slots=True)
-class InstancePolicy:
+class InstancePolicy(NamedTuple):
     """Everything ``reconcile`` needs to know about one instance's settings."""
 
     rolling: RollingPolicy
@@ -78,8 +75,7 @@ _ROLLING_SETTINGS = {
 }
 
 
-@dataclass(frozen=True)
-class EffectiveRolling:
+class EffectiveRolling(NamedTuple):
     """The rolling knobs in force and where each came from (`rolling set`, env, file, default)."""
 
     policy: RollingPolicy

@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from cloudproxy_cli.core import messages
 from cloudproxy_cli.core.model import InstanceKey, ProbeKind, ProbeResult, Proxy
@@ -30,8 +31,7 @@ def is_aged(proxy: Proxy, policy: InstancePolicy, now: datetime) -> bool:
     return bool(limit) and limit is not None and now - proxy.created_at > limit
 
 
-@dataclass(frozen=True)
-class Fleet:
+class Fleet(NamedTuple):
     """What this run observed of one instance, with the health history brought up to date."""
 
     proxies: tuple[Proxy, ...]  # oldest first, so that the plan does not depend on list order
@@ -206,9 +206,9 @@ def health_history(
             established = now - p.created_at > policy.pending_timeout
             rec = ProxyRecord(p.id, first_seen_at=now, established=established)
         if p.id in healthy:
-            rec = replace(rec, established=True, consecutive_failures=0, last_healthy_at=now)
+            rec = rec._replace(established=True, consecutive_failures=0, last_healthy_at=now)
         else:
-            rec = replace(rec, consecutive_failures=rec.consecutive_failures + 1)
+            rec = rec._replace(consecutive_failures=rec.consecutive_failures + 1)
         records[p.id] = rec
     pending = frozenset(
         p.id
@@ -243,7 +243,7 @@ def detect_mass_failure(run: RunDecisions, fleet: Fleet) -> Fleet:
     mass_failure = enough and len(failing) > policy.mass_failure_share * len(expected)
     if mass_failure:
         run.warnings.append(messages.mass_failure(len(failing), len(expected), run.key))
-    return replace(fleet, mass_failure=mass_failure)
+    return fleet._replace(mass_failure=mass_failure)
 
 
 def detect_rejected_credentials(run: RunDecisions, fleet: Fleet) -> None:
@@ -297,8 +297,7 @@ def carry_operations(
 def _observe_operation(op: RecycleOperation, fleet: Fleet) -> RecycleOperation:
     """Bring an operation up to date: is its old proxy gone, does its replacement still exist?"""
     old_present = op.old_id is not None and op.old_id in fleet.by_id
-    return replace(
-        op,
+    return op._replace(
         old_deleted=op.old_deleted or (op.old_id is not None and not old_present),
         replacement_id=op.replacement_id if op.replacement_id in fleet.by_id else None,
     )
@@ -493,7 +492,7 @@ def scale(
     deficit = policy.min_scaling - len(counted)
     # A replacement being deleted this run (stuck) no longer serves its operation.
     ops = [
-        replace(op, replacement_id=None) if op.replacement_id in run.removed else op for op in ops
+        op._replace(replacement_id=None) if op.replacement_id in run.removed else op for op in ops
     ]
     if deficit > 0:
         return _create(run, fleet, ops, len(counted), deficit), ops
@@ -586,7 +585,7 @@ def _close_with_old(run: RunDecisions, fleet: Fleet, op: RecycleOperation) -> No
         return
     planned = run.removed.get(remaining.id)
     if planned is not None:
-        run.removed[remaining.id] = replace(planned, closes_operation=op.op_id)
+        run.removed[remaining.id] = planned._replace(closes_operation=op.op_id)
     elif op.strategy == OperationStrategy.SURGE:
         run.removed[remaining.id] = DeleteAction(
             remaining.id,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from datetime import datetime
 
 from cloudproxy_cli.core.model import Proxy
@@ -83,4 +82,4 @@ def failed_snapshot(
 ) -> InstanceSnapshot:
     """An instance whose inventory could not be read keeps its last counts and records why."""
     base = previous or InstanceSnapshot(last_update=now)
-    return replace(base, last_error=error, last_error_at=now)
+    return base._replace(last_error=error, last_error_at=now)

@@ -8,15 +8,18 @@ of the last run for ``rolling status``. It also holds the ``rolling set`` overri
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from cloudproxy_cli.core.errors import StateError
 from cloudproxy_cli.core.policy import Strategy
 
 SCHEMA_VERSION = 1
+
+# The default of the records' mapping fields: one shared empty mapping, which nothing can change.
+EMPTY: Mapping[Any, Any] = MappingProxyType({})
 
 
 class StateFormatError(ValueError):
@@ -31,8 +34,7 @@ class NewerStateError(StateError):
     """
 
 
-@dataclass(frozen=True, slots=True)
-class ProxyRecord:
+class ProxyRecord(NamedTuple):
     """Health history of one proxy.
 
     ``established`` is true once the proxy has been healthy (or, when we first see it without
@@ -55,8 +57,7 @@ class OperationStrategy(StrEnum):
     ADOPTED = "adopted"  # a booting proxy found without history, counted as in flight
 
 
-@dataclass(frozen=True, slots=True)
-class RecycleOperation:
+class RecycleOperation(NamedTuple):
     """One aged proxy being replaced. Open from selection until its replacement is healthy.
 
     ``old_id`` is ``None`` for an *adopted* operation: a booting proxy found without history
@@ -74,15 +75,13 @@ class RecycleOperation:
     replacement_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Deferral:
+class Deferral(NamedTuple):
     proxy_id: str
     address: str | None
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeFailure:
+class ProbeFailure(NamedTuple):
     """Why one proxy failed its last probe: a ``ProbeKind`` value and the prober's words."""
 
     address: str
@@ -90,8 +89,7 @@ class ProbeFailure:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Rollout:
+class Rollout(NamedTuple):
     """Progress of the rollout under way (aged proxies waiting or recycles open), for stall
     detection: when it started, when an operation last completed, and how many have."""
 
@@ -104,8 +102,7 @@ class Rollout:
         return self.last_progress_at or self.started_at
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceSnapshot:
+class InstanceSnapshot(NamedTuple):
     """The fleet of one instance *after* a run's actions, for ``rolling status``."""
 
     last_update: datetime
@@ -128,12 +125,11 @@ class InstanceSnapshot:
     next_age_at: datetime | None = None  # when the next not-yet-aged proxy reaches AGE_LIMIT
     rollout: Rollout | None = None  # a copy of the instance's, as of this snapshot
     # How each open operation's replacement is named (its address once it has one), by op_id.
-    replacements: Mapping[str, str] = field(default_factory=dict)
+    replacements: Mapping[str, str] = EMPTY
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceState:
-    records: Mapping[str, ProxyRecord] = field(default_factory=dict)
+class InstanceState(NamedTuple):
+    records: Mapping[str, ProxyRecord] = EMPTY
     operations: tuple[RecycleOperation, ...] = ()
     snapshot: InstanceSnapshot | None = None
     firewall_id: str | None = None  # what the adapter's ensure_firewall returned last
@@ -142,8 +138,7 @@ class InstanceState:
     firewall_checked_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RollingOverrides:
+class RollingOverrides(NamedTuple):
     """Values set with ``cloudproxy rolling set``; they win over env and TOML until reset."""
 
     enabled: bool | None = None
@@ -155,9 +150,8 @@ class RollingOverrides:
         return self == RollingOverrides()
 
 
-@dataclass(frozen=True, slots=True)
-class State:
-    instances: Mapping[str, InstanceState] = field(default_factory=dict)
+class State(NamedTuple):
+    instances: Mapping[str, InstanceState] = EMPTY
     overrides: RollingOverrides = RollingOverrides()
     schema_version: int = SCHEMA_VERSION
 
@@ -165,7 +159,7 @@ class State:
         return self.instances.get(key, InstanceState())
 
     def with_instance(self, key: str, value: InstanceState) -> State:
-        return replace(self, instances={**self.instances, key: value})
+        return self._replace(instances={**self.instances, key: value})
 
 
 # --- encoding ---------------------------------------------------------------------------------
