@@ -1,10 +1,9 @@
 """Settings from the environment and a TOML file, validated, each value traceable to its source."""
 
-import difflib
 import math
 import re
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, NamedTuple, Self, dataclass_transform
@@ -575,6 +574,7 @@ class Settings(_Model):
 
 
 GLOBAL_SETTINGS: tuple[str, ...] = tuple(n for n in Settings.model_fields if n != "providers")
+_GLOBAL_ENV_NAMES = [*(key.upper() for key in GLOBAL_SETTINGS), CONFIG_ENV_VAR]
 
 
 # --- results -----------------------------------------------------------------------------
@@ -912,9 +912,26 @@ def unknown_env_warnings(
     return found
 
 
+def _closest(word: str, candidates: Iterable[str], cutoff: float = _CLOSE) -> str | None:
+    """``difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)``, first dropping the
+    candidates whose length alone keeps them below ``cutoff`` (difflib's own first test,
+    ``real_quick_ratio``): the same answer, without difflib's work for every environment
+    variable on every start-up (issue 8.9)."""
+    n = len(word)
+    near = [
+        c for c in candidates if n + len(c) == 0 or 2.0 * min(n, len(c)) / (n + len(c)) >= cutoff
+    ]
+    if not near:
+        return None
+    import difflib  # here: most variables have no candidate near their length
+
+    close = difflib.get_close_matches(word, near, n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
 def _unknown_key(key: str, known: list[str], what: str = "setting") -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=_CLOSE)
-    hint = f"did you mean {close[0]}? " if close else ""
+    close = _closest(key, known)
+    hint = f"did you mean {close}? " if close else ""
     return f"unknown {what} ({hint}known: {', '.join(known)})"
 
 
@@ -924,16 +941,15 @@ def _ignored(var: str, suggestion: str | None, known: str = "") -> str:
 
 
 def _global_lookalike(var: str) -> str | None:
-    names = [*(key.upper() for key in GLOBAL_SETTINGS), CONFIG_ENV_VAR]
+    names = _GLOBAL_ENV_NAMES
     if var in names:
         return None
     if var.startswith(_ALWAYS_OURS):
-        close = difflib.get_close_matches(var, names, n=1, cutoff=_CLOSE)
         family = [n for n in names if n.startswith(var.split("_", 1)[0] + "_")]
-        return _ignored(var, close[0] if close else None, ", ".join(family))
+        return _ignored(var, _closest(var, names), ", ".join(family))
     # Beyond our own prefixes, only a near-exact name is taken as a typo of ours.
-    close = difflib.get_close_matches(var, names, n=1, cutoff=0.9)
-    return _ignored(var, close[0]) if close else None
+    close = _closest(var, names, cutoff=0.9)
+    return _ignored(var, close) if close else None
 
 
 def _provider_lookalike(var: str, registry: Mapping[str, type[InstanceSettings]]) -> str | None:
@@ -941,13 +957,7 @@ def _provider_lookalike(var: str, registry: Mapping[str, type[InstanceSettings]]
     # The provider may be misspelt or split in two: DIGITALOCAEN_..., DIGITAL_OCEAN_...
     for taken in (1, 2):
         head, rest = "".join(parts[:taken]).lower(), "_".join(parts[taken:])
-        provider = (
-            head
-            if head in registry
-            else next(
-                iter(difflib.get_close_matches(head, list(registry), n=1, cutoff=_CLOSE)), None
-            )
-        )
+        provider = head if head in registry else _closest(head, registry)
         if provider is None or not rest:
             continue
         exact = var.startswith(provider.upper() + "_")
@@ -972,10 +982,9 @@ def _closest_setting(provider: str, rest: str, fields: list[str]) -> str | None:
     # GCP_CREDENTIALS_FILE (instance "credentials", FILE ~ SIZE).
     for cut in range(1, len(words)):
         tail, instance = "_".join(words[cut:]), "_".join(words[:cut])
-        close = difflib.get_close_matches(tail, names, n=1, cutoff=_CLOSE)
-        candidates += [f"{prefix}{instance}_{n}" for n in close]
-    best = difflib.get_close_matches(prefix + rest, candidates, n=1, cutoff=_CLOSE)
-    return best[0] if best else None
+        close = _closest(tail, names)
+        candidates += [f"{prefix}{instance}_{close}"] if close else []
+    return _closest(prefix + rest, candidates)
 
 
 # --- errors and display ------------------------------------------------------------------
