@@ -15,10 +15,13 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(eq=False, kw_only=True)
 class CommandResult(ABC):
     """A command's outcome. ``render.emit`` prints it (``as_json``: ``document()``, else
-    ``render()``) and ``run`` exits with ``exit_code``; commands decide no exit code."""
+    ``render()``) and ``run`` exits with ``exit_code``; commands decide no exit code.
+
+    Results are built once and printed, never compared: ``eq=False`` and not frozen, since
+    each generated method is compiled when the class is created, at every start-up."""
 
     as_json: bool = False
     quiet: bool = False  # --quiet: no notes, and no text at all when there is nothing to say
@@ -39,7 +42,7 @@ class CommandResult(ABC):
         raise TypeError(f"{type(self).__name__} has no JSON form")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class TextResult(CommandResult):
     """Text printed exactly as it is: never wrapped, styled or cut (scripts, URL lists)."""
 

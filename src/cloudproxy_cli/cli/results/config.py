@@ -23,7 +23,7 @@ class SettingRow:
     typed: object
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ConfigResult(CommandResult):
     rows: list[SettingRow]
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from cloudproxy_cli.app.service import DestroyReport
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class DestroyResult(CommandResult):
     report: DestroyReport
 
@@ -37,7 +37,7 @@ class DestroyResult(CommandResult):
         }
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ProxiesResult(CommandResult):
     """The proxies of ``instances`` instances; ``errors`` for those that could not be listed."""
 
@@ -62,7 +62,7 @@ class ProxiesResult(CommandResult):
         return {"proxies": self.rows, "errors": self.errors}
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class RandomProxyResult(CommandResult):
     """`proxies random`: one healthy proxy."""
 

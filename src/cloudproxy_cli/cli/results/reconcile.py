@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cloudproxy_cli.core.policy import InstancePolicy
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ReconcileResult(CommandResult):
     report: RunReport
     policies: dict[str, InstancePolicy]

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from cloudproxy_cli.core.policy import EffectiveRolling
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class StatusResult(CommandResult):
     doc: dict[str, Any]
     missing_state: Path | None = None  # the state file, when no run has written it yet
@@ -33,7 +33,7 @@ class StatusResult(CommandResult):
         return self.doc
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class RollingConfigResult(CommandResult):
     """The rolling knobs in force after `rolling set` or `rolling reset`."""
 
