@@ -957,8 +957,10 @@ def _provider_lookalike(var: str, registry: Mapping[str, type[InstanceSettings]]
     # The provider may be misspelt or split in two: DIGITALOCAEN_..., DIGITAL_OCEAN_...
     for taken in (1, 2):
         head, rest = "".join(parts[:taken]).lower(), "_".join(parts[taken:])
+        if not rest:
+            continue
         provider = head if head in registry else _closest(head, registry)
-        if provider is None or not rest:
+        if provider is None:
             continue
         exact = var.startswith(provider.upper() + "_")
         fields = sorted(registry[provider].model_fields, key=len, reverse=True)
