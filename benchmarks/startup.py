@@ -18,6 +18,10 @@ from pathlib import Path
 from cloudproxy_cli.core.state import InstanceSnapshot, InstanceState, State, encode_state
 
 BASELINE = "import typer, rich.table"
+# For reference only (not gated): the baseline exiting as cloudproxy does (cli.app.main freezes
+# the garbage collector before exit, which skips the final collections over every object the
+# imports made). The gated ratio includes that saving; this one shows the ratio without it.
+BASELINE_FROZEN = "import typer, rich.table, gc; gc.freeze()"
 # For reference only (not gated): the least any Typer app pays to run one command.
 TYPER_APP = """
 import typer, rich.table
@@ -35,6 +39,7 @@ app()
 LABELS = {
     "status": "cloudproxy rolling status",
     "baseline": BASELINE.removeprefix("import "),
+    "baseline_frozen": "(the same, exiting frozen)",
     "typer_app": "(a 2-option Typer command)",
 }
 
@@ -94,6 +99,7 @@ def main() -> int:
         commands = {
             "status": status,
             "baseline": [sys.executable, "-c", BASELINE],
+            "baseline_frozen": [sys.executable, "-c", BASELINE_FROZEN],
             "typer_app": [sys.executable, "-c", TYPER_APP, "status"],
         }
         for argv in commands.values():
@@ -114,9 +120,11 @@ def main() -> int:
     ratio = wall["status"] / wall["baseline"]
     cpu_ratio = cpu["status"] / cpu["baseline"]
     best_ratio = best["status"] / best["baseline"]
+    frozen_ratio = wall["status"] / wall["baseline_frozen"]
     print(
         f"ratio (median wall): {ratio:.2f} (max {args.max_ratio}); "
-        f"best wall: {best_ratio:.2f}; median cpu: {cpu_ratio:.2f}"
+        f"best wall: {best_ratio:.2f}; median cpu: {cpu_ratio:.2f}; "
+        f"against the baseline exiting frozen: {frozen_ratio:.2f}"
     )
     return 0 if ratio <= args.max_ratio else 1
 

@@ -2,6 +2,7 @@
 
 import errno
 import functools
+import gc
 import importlib
 import logging
 import os
@@ -326,6 +327,11 @@ def main() -> None:
     if code == ExitCode.INTERRUPTED:
         sys.stderr.flush()
         os._exit(code)  # no waiting at exit for threads that are still stuck
+    # The interpreter's exit runs full garbage collections over every object the imports
+    # made (about 100,000: Typer, Rich, the core), a sixth of `rolling status`'s time: none
+    # of them needs collecting at exit. Frozen objects are skipped; atexit handlers, the
+    # flushing of stdout and stderr, and everything else at exit still happen.
+    gc.freeze()
     sys.exit(code)
 
 
