@@ -12,7 +12,7 @@ import typer
 from cloudproxy_cli.cli.context import Options, now, options, warn
 from cloudproxy_cli.cli.results.rolling import RollingConfigResult, StatusResult
 from cloudproxy_cli.core.errors import UsageError
-from cloudproxy_cli.core.policy import RollingPolicy, Strategy
+from cloudproxy_cli.core.policy import InstancePolicy, RollingPolicy, Strategy
 from cloudproxy_cli.core.state import RollingOverrides, State
 
 if TYPE_CHECKING:
@@ -181,8 +181,6 @@ def _update(
 
 def _clamped(loaded: "LoadedConfig", policy: RollingPolicy) -> list[str]:
     """Where the minimum in force is lowered: not below MIN_SCALING, or nothing could recycle."""
-    from cloudproxy_cli.core.policy import InstancePolicy
-
     found = []
     for provider, name, inst in loaded.settings.enabled_instances():
         effective = InstancePolicy(policy, inst.min_scaling).effective_min_available()
